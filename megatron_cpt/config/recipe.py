@@ -1,0 +1,85 @@
+"""Recipe: one config dataclass per component, loaded from YAML plus dotted overrides.
+
+    recipe = load_recipe("examples/llama3_tiny_cpt_2xcpu.yaml", ["parallel.tp=2", "train.steps=20"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_cpt.config.checkpoint import CheckpointConfig
+from megatron_cpt.config.data import DataConfig
+from megatron_cpt.config.launch import LaunchConfig
+from megatron_cpt.config.loader import (ConfigError, apply_overrides, build_dataclass, read_yaml,
+                                        to_dict)
+from megatron_cpt.config.logs import LoggingConfig
+from megatron_cpt.config.model import ModelConfig
+from megatron_cpt.config.optim import OptimConfig
+from megatron_cpt.config.parallel import ParallelConfig
+from megatron_cpt.config.train import TrainConfig
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.parallel.data_parallel_size(self.launch.world_size)
+
+    def validate(self) -> "Recipe":
+        """All checks, once, right after loading; each error names its field."""
+        self.model.validate()
+        self.launch.validate()
+        self.parallel.validate(self.model.num_layers, self.model.num_attention_heads,
+                               self.model.num_query_groups)
+        dp = self.data_parallel_size
+        self.train.validate(dp)
+        if self.train.seq_length > self.model.max_position_embeddings:
+            raise ConfigError(
+                f"train.seq_length: {self.train.seq_length} exceeds "
+                f"model.max_position_embeddings {self.model.max_position_embeddings}")
+        if self.parallel.cp > 1 and self.train.seq_length % (2 * self.parallel.cp):
+            raise ConfigError(f"train.seq_length: must be divisible by 2 x parallel.cp = {2 * self.parallel.cp}")
+        if self.parallel.vpp is not None and self.train.num_microbatches(dp) % self.parallel.pp:
+            raise ConfigError(
+                f"train.global_batch_size: interleaved pipelining needs the number of micro-batches "
+                f"({self.train.num_microbatches(dp)}) to be a multiple of parallel.pp={self.parallel.pp}")
+        self.optim.validate(self.train.steps)
+        self.data.validate()
+        if self.data.eod_token_id >= self.model.vocab_size or self.data.eod_token_id < 0:
+            raise ConfigError(
+                f"data.eod_token_id: {self.data.eod_token_id} is outside the vocabulary "
+                f"(model.vocab_size={self.model.vocab_size})")
+        self.checkpoint.validate()
+        self.logging.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def recipe_from_dict(tree: dict) -> Recipe:
+    from megatron_cpt.model.presets import preset_fields
+
+    tree = dict(tree)
+    model = tree.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError("model: expected a mapping")
+    if model.get("preset"):
+        tree["model"] = {**preset_fields(model["preset"]), **model}
+    return build_dataclass(Recipe, tree)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override, type-check and validate a recipe. Raises ConfigError naming the field."""
+    tree = apply_overrides(read_yaml(path), list(overrides))
+    return recipe_from_dict(tree).validate()

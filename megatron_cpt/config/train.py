@@ -1,0 +1,38 @@
+"""TrainConfig: how long, how big a batch, and what to do about a bad loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from megatron_cpt.config.loader import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    global_batch_size: int = 8
+    micro_batch_size: int = 1
+    seq_length: int = 128
+    seed: int = 1234
+    # What a NaN/inf loss does: stop the run, or skip the update and go on.
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    # After this many consecutive skipped steps the run stops anyway.
+    max_skipped_steps: int = 10
+    eval_interval: int = 0
+    eval_steps: int = 1
+
+    def validate(self, data_parallel_size: int) -> None:
+        for name in ("steps", "global_batch_size", "micro_batch_size", "seq_length"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name}: must be positive, got {getattr(self, name)}")
+        per_step = self.micro_batch_size * data_parallel_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size: {self.global_batch_size} is not divisible by "
+                f"micro_batch_size x DP = {self.micro_batch_size} x {data_parallel_size}")
+        if self.eval_interval < 0 or self.eval_steps <= 0:
+            raise ConfigError("train.eval_interval / eval_steps: must be >= 0 / > 0")
+
+    def num_microbatches(self, data_parallel_size: int) -> int:
+        return self.global_batch_size // (self.micro_batch_size * data_parallel_size)

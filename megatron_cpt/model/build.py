@@ -1,0 +1,125 @@
+"""Build Llama-3 as megatron-core ``GPTModel`` chunks for this rank's pipeline stage(s).
+
+Call after ``megatron_cpt.runtime.parallel.initialize_parallel`` (the process groups must exist).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_cpt.config.model import ModelConfig, RopeScalingConfig, padded_vocab_size
+from megatron_cpt.config.parallel import ParallelConfig
+from megatron_cpt.model.specs import build_layer_spec, resolve_attention_backend
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _check_rope_scaling(scaling: RopeScalingConfig) -> None:
+    # megatron-core 0.16 takes only the factor; the other Llama-3.1 constants are fixed inside it.
+    fixed = RopeScalingConfig(factor=scaling.factor)
+    if scaling != fixed:
+        raise ValueError(
+            "model.rope_scaling: megatron-core supports low_freq_factor=1, high_freq_factor=4, "
+            f"original_max_position_embeddings=8192 only; got {scaling}")
+
+
+def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, *, on_cpu: bool,
+                             initialize: bool = True) -> TransformerConfig:
+    backend = resolve_attention_backend(model.attention_backend)
+    if model.fp8 is not None and backend != "te":
+        raise RuntimeError("model.fp8: FP8 needs Transformer Engine, which is not importable here")
+    sequence_parallel = parallel.sequence_parallel
+    if sequence_parallel is None:
+        sequence_parallel = parallel.tp > 1 and backend == "te"
+    elif sequence_parallel and backend != "te":
+        raise RuntimeError(
+            "parallel.sequence_parallel: megatron-core's non-TE RMSNorm refuses sequence parallelism; "
+            "install Transformer Engine or set parallel.sequence_parallel=false")
+    dtype = _DTYPES[model.dtype]
+    fused = not on_cpu
+    kwargs = dict(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.kv_channels,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=model.init_method_std,
+        params_dtype=dtype,
+        bf16=model.dtype == "bf16",
+        fp16=model.dtype == "fp16",
+        pipeline_dtype=dtype,
+        autocast_dtype=dtype,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp,
+        context_parallel_size=parallel.cp,
+        sequence_parallel=sequence_parallel,
+        num_layers_in_first_pipeline_stage=parallel.first_stage_layers,
+        num_layers_in_last_pipeline_stage=parallel.last_stage_layers,
+        use_cpu_initialization=on_cpu,
+        perform_initialization=initialize,
+        calculate_per_token_loss=True,
+        bias_activation_fusion=fused and backend == "te",
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        bias_dropout_fusion=fused and backend == "te",
+        apply_rope_fusion=fused and backend == "te",
+        gradient_accumulation_fusion=False,
+        cross_entropy_loss_fusion=False,
+        deallocate_pipeline_outputs=True,
+    )
+    if model.recompute != "none":
+        kwargs.update(recompute_granularity=model.recompute)
+        if model.recompute == "full":
+            kwargs.update(recompute_method="uniform", recompute_num_layers=1)
+    if model.fp8 is not None:
+        kwargs.update(fp8=model.fp8.format, fp8_recipe=model.fp8.recipe, fp8_margin=model.fp8.margin,
+                      fp8_amax_history_len=model.fp8.amax_history_len,
+                      fp8_amax_compute_algo=model.fp8.amax_compute_algo,
+                      fp8_param=model.fp8.param_gather)
+    return TransformerConfig(**kwargs)
+
+
+def build_model(model: ModelConfig, parallel: ParallelConfig, *, initialize: bool = True
+                ) -> list[GPTModel]:
+    """One GPTModel per virtual pipeline stage held by this rank (a list of one without vpp)."""
+    on_cpu = not torch.cuda.is_available()
+    config = build_transformer_config(model, parallel, on_cpu=on_cpu, initialize=initialize)
+    spec = build_layer_spec(resolve_attention_backend(model.attention_backend))
+    if model.rope_scaling is not None:
+        _check_rope_scaling(model.rope_scaling)
+    vocab = padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, parallel.tp)
+    chunks = []
+    for vp_stage in range(parallel.vpp or 1):
+        stage = vp_stage if parallel.vpp else None
+        chunk = GPTModel(
+            config=config,
+            transformer_layer_spec=spec,
+            vocab_size=vocab,
+            max_sequence_length=model.max_position_embeddings,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            share_embeddings_and_output_weights=model.tie_embeddings,
+            position_embedding_type="rope",
+            rotary_base=int(model.rope_theta),
+            rope_scaling=model.rope_scaling is not None,
+            rope_scaling_factor=model.rope_scaling.factor if model.rope_scaling else 8.0,
+            vp_stage=stage,
+        )
+        if not on_cpu:
+            chunk.cuda(torch.cuda.current_device())
+        chunks.append(chunk)
+    return chunks

@@ -1,0 +1,55 @@
+"""Core attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+A drop-in ``core_attention`` submodule for megatron-core's ``SelfAttention`` spec, used when
+Transformer Engine is absent: it takes the same constructor and forward arguments as
+``megatron.core.transformer.dot_product_attention.DotProductAttention`` and lets PyTorch pick the
+flash / memory-efficient kernel on CUDA (and its fused kernel on the CPU) instead of materialising
+the [b, heads, s, s] score matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class SDPAttention(MegatronModule):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        cp_comm_type: Optional[str] = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("SDPAttention does not implement context parallelism; use the TE spec")
+        if attn_mask_type != AttnMaskType.causal:
+            raise ValueError(f"SDPAttention supports causal masks only, got {attn_mask_type}")
+        head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
+        # megatron-core layout [s, b, heads, d] -> SDPA's [b, heads, s, d].
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        groups = q.size(1) // k.size(1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.softmax_scale,
+            dropout_p=self.dropout_p if self.training else 0.0, enable_gqa=groups > 1)
+        # [b, heads, s, d] -> [s, b, heads * d]
+        s, b = out.size(2), out.size(0)
+        return out.permute(2, 0, 1, 3).reshape(s, b, -1)

@@ -1,0 +1,96 @@
+"""Process groups, seeds, and the wrapping of a model into DDP + optimizer, in a fixed order.
+
+1. ``initialize_parallel``: the default process group (NCCL on CUDA, gloo on the CPU, where
+   ``cpu_emulation`` is activated first), then megatron-core's TP/PP/VPP/CP/DP groups, then seeds.
+2. ``build_model`` (``megatron_cpt.model``) builds this rank's chunks.
+3. ``wrap_with_ddp``: megatron-core DDP over the chunks (gradient buffers, bucketed reduction).
+4. ``build_optimizer``: megatron-core's optimizer (distributed when configured) over the DDP chunks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+
+from megatron_cpt.config.optim import OptimConfig
+from megatron_cpt.config.parallel import ParallelConfig
+from megatron_cpt.runtime import cpu_emulation
+
+
+def on_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def initialize_parallel(parallel: ParallelConfig, seed: int, timeout_minutes: int = 30) -> None:
+    """Join the job (torchrun-style RANK/WORLD_SIZE/MASTER_* env) and create megatron's groups."""
+    if not on_cuda():
+        cpu_emulation.activate()
+    import torch.distributed as dist
+    from megatron.core import parallel_state, tensor_parallel
+
+    if not dist.is_initialized():
+        if on_cuda():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if on_cuda() else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp,
+        context_parallel_size=parallel.cp,
+    )
+    # Same seed on every rank; megatron-core derives the TP-rank-specific stream itself.
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_parallel() -> None:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_with_ddp(chunks, parallel: ParallelConfig):
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=parallel.overlap_grad_reduce,
+        overlap_param_gather=parallel.overlap_param_gather,
+        use_distributed_optimizer=parallel.distributed_optimizer,
+        check_for_nan_in_grad=False,
+        bucket_size=None if on_cuda() else 2**62,
+    )
+    wrapped = []
+    for index, chunk in enumerate(chunks):
+        wrapped.append(DistributedDataParallel(
+            config=chunk.config, ddp_config=ddp_config, module=chunk,
+            # Only the first chunk may start its reduction early (megatron-core's convention).
+            disable_bucketing=index > 0))
+    return wrapped
+
+
+def build_optimizer(ddp_chunks, optim: OptimConfig, parallel: ParallelConfig, dtype: str):
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    config = OptimizerConfig(
+        optimizer=optim.optimizer,
+        lr=optim.lr,
+        min_lr=optim.min_lr,
+        weight_decay=optim.weight_decay,
+        adam_beta1=optim.adam_beta1,
+        adam_beta2=optim.adam_beta2,
+        adam_eps=optim.adam_eps,
+        clip_grad=optim.clip_grad,
+        bf16=dtype == "bf16",
+        fp16=dtype == "fp16",
+        params_dtype=torch.float32 if dtype == "fp32" else (
+            torch.bfloat16 if dtype == "bf16" else torch.float16),
+        use_distributed_optimizer=parallel.distributed_optimizer,
+    )
+    return get_megatron_optimizer(config, ddp_chunks)

@@ -1,0 +1,38 @@
+"""megatron-cpt: continual pre-training of Llama-3 on megatron-core (TP x PP x DP)."""
+
+import sys
+
+from setuptools import find_packages, setup
+
+# megatron-core 0.17+ needs Python >= 3.12; the 0.16 line is the newest for 3.11.
+MCORE = "megatron-core>=0.16.1,<0.17" if sys.version_info < (3, 12) else "megatron-core>=0.16.1"
+
+setup(
+    name="megatron-cpt",
+    version="0.1.0",
+    description="Continual pre-training of Llama-3 on megatron-core, with a verified ALMR data mix",
+    python_requires=">=3.11",
+    packages=find_packages(include=["megatron_cpt", "megatron_cpt.*"])
+    + ["megatron_cpt.launch", "megatron_cpt.conversion"]
+    + [f"megatron_cpt.conversion.{p}" for p in find_packages("conversion")],
+    # The top-level launch/ and conversion/ folders install inside megatron_cpt, never bare.
+    package_dir={"megatron_cpt.launch": "launch", "megatron_cpt.conversion": "conversion"},
+    package_data={"megatron_cpt.launch": ["templates/*"]},
+    install_requires=[
+        MCORE,
+        # torch is pinned by the Makefile/CI (the local CPU build); any 2.x with megatron-core works.
+        "torch>=2.6",
+        "numpy",
+        "pyyaml",
+        "transformers>=4.45",
+        "safetensors",
+        "tokenizers",
+        "tiktoken",
+        "sentencepiece",
+        "tensorboard",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+    entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},
+)
