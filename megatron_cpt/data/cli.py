@@ -1,0 +1,101 @@
+"""``megatron-cpt data``: corpora, tokenizers and indexed datasets.
+
+    megatron-cpt data demo-corpus corpus
+    megatron-cpt data train-tokenizer --input corpus --vocab-size 8000 --output tok
+    megatron-cpt data prepare --input corpus/zh_poetry.jsonl --output-prefix data/zh_poetry \\
+        --tokenizer sp:tok/tokenizer.model --workers 2
+
+Heavy libraries (torch, megatron-core, tokenizer backends) are imported inside the verbs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+TXT_HELP = ("how a .txt file splits into documents: paragraph (blank-line separated, default), "
+            "line (one per line) or file (one per file)")
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    data = verbs.add_parser("data", help="corpora -> tokenizer -> indexed datasets",
+                            description=__doc__.split("\n")[0])
+    sub = data.add_subparsers(dest="data_verb", required=True, metavar="DATA_VERB")
+    _register_prepare(sub)
+    _register_train_tokenizer(sub)
+    _register_demo_corpus(sub)
+
+
+def _register_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="tokenize JSONL/text files into a megatron-core .bin/.idx")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help=".jsonl/.json/.txt files (optionally .gz) or directories of them")
+    p.add_argument("--output-prefix", required=True, metavar="P",
+                   help="writes P.bin, P.idx and P.stats.json")
+    p.add_argument("--tokenizer", required=True, metavar="SPEC",
+                   help="hf:DIR | tiktoken:NAME | tiktoken:FILE.tiktoken | sp:FILE.model")
+    p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+    p.add_argument("--text-key", default="text", help="JSON field holding the text (default text)")
+    p.add_argument("--txt-mode", default="paragraph", choices=("paragraph", "line", "file"),
+                   help=TXT_HELP)
+    eod = p.add_mutually_exclusive_group()
+    eod.add_argument("--append-eod", dest="append_eod", action="store_true", default=True,
+                     help="end every document with the tokenizer's end-of-document id (default)")
+    eod.add_argument("--no-eod", dest="append_eod", action="store_false")
+    p.add_argument("--force", action="store_true", help="overwrite an existing P.bin/P.idx")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from megatron_cpt.data.prepare import prepare_indexed_dataset
+
+    stats = prepare_indexed_dataset(
+        args.input, args.output_prefix, args.tokenizer, workers=args.workers,
+        text_key=args.text_key, append_eod=args.append_eod, txt_mode=args.txt_mode,
+        force=args.force, progress=args.progress)
+    print(f"wrote {stats.output_prefix}.bin/.idx: {stats.docs} docs, {stats.tokens} tokens "
+          f"({stats.dtype}), {stats.bytes} bytes in {stats.seconds:.2f} s = "
+          f"{stats.tokens_per_second:.0f} tokens/s; stats in {stats.output_prefix}.stats.json")
+    return 0
+
+
+def _register_train_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-tokenizer", help="train a sentencepiece BPE tokenizer (byte fallback)")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--vocab-size", type=int, required=True, metavar="N")
+    p.add_argument("--output", required=True, metavar="DIR", help="writes DIR/tokenizer.model")
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--txt-mode", default="paragraph", choices=("paragraph", "line", "file"),
+                   help=TXT_HELP)
+    p.add_argument("--threads", type=int, default=1,
+                   help="trainer threads (default 1: byte-identical models run to run)")
+    p.add_argument("--character-coverage", type=float, default=0.9995)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_run_train_tokenizer)
+
+
+def _run_train_tokenizer(args: argparse.Namespace) -> int:
+    from megatron_cpt.data.train_tokenizer import train_sentencepiece
+
+    info = train_sentencepiece(args.input, args.vocab_size, args.output, text_key=args.text_key,
+                               txt_mode=args.txt_mode, threads=args.threads,
+                               character_coverage=args.character_coverage, force=args.force)
+    print(f"wrote {info['tokenizer']}: vocab {info['vocab_size']}, eod id {info['eod_id']}, "
+          f"trained on {info['training_docs']} docs / {info['training_lines']} lines")
+    return 0
+
+
+def _register_demo_corpus(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo-corpus", help="bilingual JSONL corpus from Debian packages + Python stdlib")
+    p.add_argument("out", metavar="OUT", help="directory for SOURCE.jsonl files and manifest.json")
+    p.add_argument("--max-docs", type=int, default=None, metavar="N",
+                   help="keep the first N documents of each source (default all)")
+    p.add_argument("--require-all", action="store_true",
+                   help="fail when any source's package is missing")
+    p.set_defaults(func=_run_demo_corpus)
+
+
+def _run_demo_corpus(args: argparse.Namespace) -> int:
+    from megatron_cpt.data.demo_corpus import build_demo_corpus
+
+    return build_demo_corpus(args.out, max_docs=args.max_docs, require_all=args.require_all)
