@@ -49,14 +49,17 @@ def input_kind(path: Path) -> str | None:
 
 
 def find_input_files(paths: list[str]) -> list[InputFile]:
-    """Files in the order given; a directory stands for its known-format files, sorted by path."""
+    """Files in the order given; a directory stands for its .jsonl and .txt files (also .gz),
+    recursively, sorted by path."""
     found: list[InputFile] = []
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and input_kind(p))
+            # .json is left out here: a directory's .json is usually metadata (manifest.json).
+            inside = sorted(p for p in path.rglob("*")
+                            if p.is_file() and input_kind(p) and ".json" not in p.suffixes[-2:])
             if not inside:
-                raise UserError(f"{path}: directory holds no .jsonl, .json or .txt files")
+                raise UserError(f"{path}: directory holds no .jsonl or .txt files")
             found += [InputFile(p, input_kind(p)) for p in inside]
         elif not path.exists():
             raise FileNotFoundError(f"{path}: input file not found")
