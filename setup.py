@@ -23,6 +23,7 @@ setup(
         # torch is pinned by the Makefile/CI (the local CPU build); any 2.x with megatron-core works.
         "torch>=2.6",
         "numpy",
+        "psutil",  # megatron-core dist_checkpointing writers need it
         "pyyaml",
         "transformers>=4.45",
         "safetensors",

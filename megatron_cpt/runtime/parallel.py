@@ -11,20 +11,32 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 
 import torch
 
 from megatron_cpt.config.optim import OptimConfig
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.runtime import cpu_emulation
+from megatron_cpt.runtime.mcore_compat import keep_step_on_reshardable_load
 
 
 def on_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def quiet_known_warnings() -> None:
+    """Silence megatron-core/torch notices that say nothing actionable for this product's users."""
+    for pattern in (".*Transformer Engine and Apex are not installed.*", ".*Apex is not installed.*",
+                    ".*CUDA_DEVICE_MAX_CONNECTIONS.*", ".*full scope is deprecated.*",
+                    ".*is deprecated. Please use `torch.distributed.*",
+                    ".*\\.grad attribute of a Tensor that is not a leaf.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def initialize_parallel(parallel: ParallelConfig, seed: int, timeout_minutes: int = 30) -> None:
     """Join the job (torchrun-style RANK/WORLD_SIZE/MASTER_* env) and create megatron's groups."""
+    quiet_known_warnings()
     if not on_cuda():
         cpu_emulation.activate()
     import torch.distributed as dist
@@ -93,4 +105,6 @@ def build_optimizer(ddp_chunks, optim: OptimConfig, parallel: ParallelConfig, dt
             torch.bfloat16 if dtype == "bf16" else torch.float16),
         use_distributed_optimizer=parallel.distributed_optimizer,
     )
-    return get_megatron_optimizer(config, ddp_chunks)
+    optimizer = get_megatron_optimizer(config, ddp_chunks)
+    keep_step_on_reshardable_load(optimizer)
+    return optimizer

@@ -1,0 +1,162 @@
+"""Training checkpoints: model, optimizer, LR scheduler, RNG and data position, resumable at any
+TP/PP/DP layout.
+
+    CKPT_DIR/step_000010/   a complete megatron-core dist checkpoint (renamed into place when done)
+    CKPT_DIR/latest         the name of the newest complete checkpoint, replaced last
+
+A process killed while writing leaves only ``step_N.tmp`` behind, which is never read; ``latest``
+still names the previous checkpoint. Resuming prefers ``latest`` and falls back to the newest
+complete ``step_*`` directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from megatron_cpt.checkpointing.dist_io import (CheckpointError, is_complete,
+                                               load_dist_checkpoint, model_sharded_state_dict,
+                                               read_meta, save_dist_checkpoint)
+from megatron_cpt.config.model import ModelConfig
+from megatron_cpt.config.parallel import ParallelConfig
+from megatron_cpt.runtime.mcore_compat import materialize_adam_state
+
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class TrainingProgress:
+    step: int = 0
+    consumed_samples: int = 0
+    skipped_steps: int = 0
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def find_resume_checkpoint(ckpt_dir: str | Path) -> Optional[Path]:
+    """The newest complete checkpoint in ``ckpt_dir``, or None."""
+    ckpt_dir = Path(ckpt_dir)
+    marker = ckpt_dir / LATEST
+    if marker.is_file():
+        candidate = ckpt_dir / marker.read_text().strip()
+        if is_complete(candidate):
+            return candidate
+    steps = sorted((int(m.group(1)), p) for p in ckpt_dir.glob("step_*")
+                   if (m := _STEP_DIR.match(p.name)) and is_complete(p))
+    return steps[-1][1] if steps else None
+
+
+def _rng_sharded_object() -> ShardedObject:
+    """This rank's RNG states, one object per (PP, TP) position; DP replicas hold copies."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    state["tracker"] = get_cuda_rng_tracker().get_states()
+    pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
+    pp_size = parallel_state.get_pipeline_model_parallel_world_size()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    return ShardedObject("rng_state", state, (pp_size, tp_size), (pp, tp),
+                         replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True))
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _training_state(model_chunks, optimizer, include_rng: bool, is_loading: bool) -> dict:
+    if is_loading:
+        materialize_adam_state(optimizer)
+    state = model_sharded_state_dict(model_chunks)
+    # "fully_reshardable" stores optimizer state per model parameter (like the model itself), so it
+    # loads at any TP/PP/DP; megatron-core 0.16's default flattened format cannot be saved at all.
+    state["optimizer"] = optimizer.sharded_state_dict(
+        dict(state), is_loading=is_loading,
+        metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+    if include_rng:
+        state["rng_state"] = _rng_sharded_object()
+    return state
+
+
+def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, scheduler,
+                             progress: TrainingProgress, model: ModelConfig,
+                             parallel: ParallelConfig, keep_last: int = 0) -> Path:
+    """Collective. Writes step_N, then points ``latest`` at it, then prunes old checkpoints."""
+    ckpt_dir = Path(ckpt_dir)
+    state = _training_state(model_chunks, optimizer, include_rng=True, is_loading=False)
+    # Objects that are the same on every rank go into dist_checkpointing's common state.
+    state["scheduler"] = scheduler.state_dict()
+    state["progress"] = dataclasses.asdict(progress)
+    meta = {"kind": "training", "step": progress.step, "model": dataclasses.asdict(model),
+            "parallel": {"tp": parallel.tp, "pp": parallel.pp, "vpp": parallel.vpp,
+                         "cp": parallel.cp},
+            "world_size": dist.get_world_size()}
+    final = save_dist_checkpoint(state, ckpt_dir / step_dir_name(progress.step), meta)
+    if dist.get_rank() == 0:
+        tmp_marker = ckpt_dir / (LATEST + ".tmp")
+        tmp_marker.write_text(final.name + "\n")
+        os.replace(tmp_marker, ckpt_dir / LATEST)
+        if keep_last:
+            _prune(ckpt_dir, keep_last)
+    dist.barrier()
+    return final
+
+
+def _prune(ckpt_dir: Path, keep_last: int) -> None:
+    complete = sorted((int(m.group(1)), p) for p in ckpt_dir.glob("step_*")
+                      if (m := _STEP_DIR.match(p.name)) and is_complete(p))
+    for _, path in complete[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_model_matches(meta: dict, model: ModelConfig, source: str) -> None:
+    """Refuse a checkpoint whose architecture differs from the recipe's model."""
+    saved = meta.get("model", {})
+    shape_fields = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                    "num_query_groups", "vocab_size", "tie_embeddings")
+    for name in shape_fields:
+        if name in saved and saved[name] != getattr(model, name):
+            raise CheckpointError(
+                f"{source}: model.{name} is {getattr(model, name)} in the recipe but "
+                f"{saved[name]} in the checkpoint")
+
+
+def load_training_checkpoint(path: Path, model_chunks, optimizer, scheduler, model: ModelConfig,
+                             parallel: ParallelConfig) -> TrainingProgress:
+    """Collective. Restores everything; RNG only when the TP/PP layout is the one saved."""
+    meta = read_meta(path)
+    check_model_matches(meta, model, f"checkpoint '{path}'")
+    saved = meta.get("parallel", {})
+    same_layout = (saved.get("tp"), saved.get("pp"), saved.get("vpp")) == (
+        parallel.tp, parallel.pp, parallel.vpp) and meta.get("world_size") == dist.get_world_size()
+    request = _training_state(model_chunks, optimizer, include_rng=same_layout, is_loading=True)
+    request["scheduler"] = None
+    request["progress"] = None
+    loaded = load_dist_checkpoint(request, path)
+    modules = [getattr(c, "module", c) for c in model_chunks]
+    for index, module in enumerate(modules):
+        module.load_state_dict(loaded["model" if len(modules) == 1 else f"model{index}"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    if same_layout:
+        _restore_rng(loaded["rng_state"])
+    return TrainingProgress(**loaded["progress"])

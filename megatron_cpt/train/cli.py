@@ -1,0 +1,38 @@
+"""``megatron-cpt train RECIPE [KEY=VALUE ...]``: validate the recipe, then train on its ranks.
+
+    megatron-cpt train examples/llama3_tiny_cpt_2xcpu.yaml train.steps=20 parallel.tp=2
+
+Outside a distributed job this starts ``launch.procs_per_node`` local ranks itself (torchrun,
+single node); inside one (torchrun or srun set ``WORLD_SIZE``/``RANK``) it is the rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser("train", help="train (continual pre-training) from a recipe",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="YAML recipe, e.g. examples/llama3_tiny_cpt_2xcpu.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. parallel.tp=2 train.steps=20")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from megatron_cpt.config.recipe import load_recipe
+    from megatron_cpt.launch.local import inside_distributed_job, run_local
+
+    recipe = load_recipe(args.recipe, args.overrides)  # errors name the field; nothing written yet
+    if inside_distributed_job():
+        from megatron_cpt.train.worker import train_this_rank
+
+        return train_this_rank(recipe)
+    if recipe.launch.nodes != 1:
+        from megatron_cpt.cli import UserError
+
+        raise UserError(f"launch.nodes={recipe.launch.nodes}: a multi-node job starts through "
+                        f"`megatron-cpt launch` (Slurm), not a local train")
+    return run_local("megatron_cpt.train.worker", [args.recipe, *args.overrides],
+                     recipe.launch.procs_per_node)

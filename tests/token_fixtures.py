@@ -1,0 +1,40 @@
+"""Indexed datasets for tests: real text (the Python standard library's own source), one token per
+byte (id = byte + 1, end-of-document id 0), written with megatron-core's IndexedDatasetBuilder."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+EOD_ID = 0
+BYTE_VOCAB = 257
+
+
+def stdlib_documents(limit_bytes: int) -> list[bytes]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs, total = [], 0
+    for path in sorted(root.glob("*.py")):
+        data = path.read_bytes()
+        docs.append(data)
+        total += len(data)
+        if total >= limit_bytes:
+            break
+    return docs
+
+
+def write_byte_dataset(prefix: str | Path, limit_bytes: int = 400_000) -> int:
+    """Write PREFIX.bin/.idx; returns the number of tokens written."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = str(prefix)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    tokens = 0
+    for doc in stdlib_documents(limit_bytes):
+        ids = np.frombuffer(doc, dtype=np.uint8).astype(np.uint16) + 1
+        ids = np.append(ids, np.uint16(EOD_ID))
+        builder.add_document(ids, [len(ids)])
+        tokens += len(ids)
+    builder.finalize(prefix + ".idx")
+    return tokens
