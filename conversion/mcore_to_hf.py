@@ -1,0 +1,174 @@
+"""megatron-core distributed checkpoint -> Hugging Face Llama-3 (sharded safetensors + index).
+
+    megatron-cpt convert mcore-to-hf --ckpt-dir CKPT --out-dir HF_OUT [--hf-config-from HF_DIR]
+
+Works on any checkpoint whose ``megatron_cpt.json`` has ``model`` (a converted one or one written by
+``megatron-cpt train``), whatever TP/PP wrote it. One process reads the checkpoint one layer at a
+time and streams the Hugging Face tensors into shards of at most ``--max-shard-size``, so memory
+stays at about one layer (plus the embedding table). The output is written to ``HF_OUT.tmp`` and
+renamed at the end; it holds ``config.json``, ``generation_config.json`` and the tokenizer files.
+
+``config.json`` takes the architecture from the checkpoint and everything else (token ids, ...)
+from ``--hf-config-from``'s config.json, else from the config the checkpoint was converted from.
+The tokenizer files and ``generation_config.json`` come from ``--hf-config-from``, else from the
+directory the checkpoint was converted from if it still exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from megatron_cpt.checkpointing.dist_io import CheckpointError, read_meta
+from megatron_cpt.config.loader import ConfigError, build_dataclass
+from megatron_cpt.config.model import ModelConfig
+from megatron_cpt.conversion.hf_io import (ShardedSafetensorsWriter, copy_tokenizer_files, parse_size,
+                                           write_json)
+from megatron_cpt.conversion.llama import (VOCAB, TensorMapping, hf_shapes, iter_hf_groups,
+                                           mappings_for, mcore_shape, split_mcore_tensor)
+from megatron_cpt.conversion.llama_config import (generation_config_for, hf_config_from_model,
+                                                  model_config_from_hf)
+
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_SAME_ARCHITECTURE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                      "num_query_groups", "vocab_size", "tie_embeddings")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt-dir", required=True, help="megatron-core checkpoint directory")
+    parser.add_argument("--out-dir", required=True, help="Hugging Face directory to create")
+    parser.add_argument("--hf-config-from", default=None,
+                        help="Hugging Face directory to take config fields, generation config and "
+                             "tokenizer files from (default: the directory converted from, if present)")
+    parser.add_argument("--dtype", choices=tuple(_TORCH_DTYPES), default=None,
+                        help="output dtype (default: the checkpoint's)")
+    parser.add_argument("--max-shard-size", type=parse_size, default="5GB",
+                        help="largest safetensors shard, e.g. 5GB or 500MB (default 5GB)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out-dir")
+
+
+def model_config_of(meta: dict, ckpt_dir: Path) -> ModelConfig:
+    if "model" not in meta:
+        raise CheckpointError(f"{ckpt_dir}: megatron_cpt.json has no 'model' section")
+    return build_dataclass(ModelConfig, meta["model"], "model")
+
+
+def check_checkpoint_tensors(metadata: dict, cfg: ModelConfig, ckpt_dir: Path) -> None:
+    for m in mappings_for(cfg):
+        if m.mcore not in metadata:
+            raise CheckpointError(f"{ckpt_dir}: no tensor '{m.mcore}' (megatron_cpt.json describes "
+                                  f"{cfg.num_layers} layers, tie_embeddings={cfg.tie_embeddings})")
+        stored = tuple(metadata[m.mcore].global_shape)
+        expected = mcore_shape(m, cfg, padded_vocab=stored[-2] if m.transform == VOCAB else 0)
+        if m.per_layer:
+            expected = (cfg.num_layers, *expected)
+        if stored != expected or (m.transform == VOCAB and stored[0] < cfg.vocab_size):
+            raise CheckpointError(f"{ckpt_dir}: tensor '{m.mcore}' has shape {list(stored)}, but "
+                                  f"megatron_cpt.json's model implies {list(expected)}")
+
+
+def read_steps(cfg: ModelConfig) -> list[tuple[Optional[int], list[TensorMapping]]]:
+    """(layer or None, mappings) in file order: each step is one dist_checkpointing.load."""
+    steps: list[tuple[Optional[int], list[TensorMapping]]] = []
+    for m, names in iter_hf_groups(cfg):
+        layer = int(names[0].split(".")[2]) if m.per_layer else None
+        if steps and steps[-1][0] == layer and (layer is not None or m.transform != VOCAB):
+            steps[-1][1].append(m)
+        else:
+            steps.append((layer, [m]))
+    return steps
+
+
+def _source_dir(args: argparse.Namespace, meta: dict) -> Optional[Path]:
+    if args.hf_config_from:
+        source = Path(args.hf_config_from)
+        if not (source / "config.json").is_file():
+            raise FileNotFoundError(f"--hf-config-from {source}: no config.json there")
+        return source
+    recorded = (meta.get("source") or {}).get("dir")
+    return Path(recorded) if recorded and (Path(recorded) / "config.json").is_file() else None
+
+
+def _base_config(source: Optional[Path], meta: dict, cfg: ModelConfig) -> Optional[dict]:
+    base = json.loads((source / "config.json").read_text()) if source else meta.get("hf_config")
+    if base is None:
+        return None
+    source_cfg = model_config_from_hf(base, where=f"{source or 'hf_config'}/config.json")
+    for name in _SAME_ARCHITECTURE:
+        if getattr(source_cfg, name) != getattr(cfg, name):
+            raise ConfigError(f"--hf-config-from {source}: config.json describes another model "
+                              f"({name}={getattr(source_cfg, name)}, the checkpoint has {getattr(cfg, name)})")
+    return base
+
+
+def write_side_files(out: Path, cfg: ModelConfig, dtype: str, source: Optional[Path], meta: dict) -> None:
+    config = hf_config_from_model(cfg, dtype, _base_config(source, meta, cfg))
+    write_json(out / "config.json", config)
+    if source and (source / "generation_config.json").is_file():
+        shutil.copy2(source / "generation_config.json", out / "generation_config.json")
+    else:
+        write_json(out / "generation_config.json",
+                   meta.get("hf_generation_config") or generation_config_for(config))
+    copied = copy_tokenizer_files(source, out) if source else []
+    if not copied:
+        print("mcore-to-hf: note: no tokenizer files written (pass --hf-config-from DIR to copy them)")
+
+
+def write_safetensors(ckpt: Path, metadata: dict, cfg: ModelConfig, out: Path, dtype: torch.dtype,
+                      max_shard_bytes: int) -> ShardedSafetensorsWriter:
+    """Stream every Hugging Face tensor into ``out``, loading one layer of the checkpoint at a time."""
+    from tqdm import tqdm
+
+    from megatron_cpt.conversion.mcore_io import load_global_tensors
+
+    plan = [(name, shape, dtype) for name, shape in hf_shapes(cfg).items()]
+    writer = ShardedSafetensorsWriter(out, plan, max_shard_bytes)
+    element_size = torch.empty((), dtype=dtype).element_size()
+    with tqdm(total=writer.total_bytes, unit="B", unit_scale=True, desc="mcore-to-hf") as bar:
+        for layer, group in read_steps(cfg):
+            loaded = load_global_tensors(ckpt, metadata, [m.mcore for m in group], layer)
+            for m in group:
+                for name, tensor in split_mcore_tensor(m, loaded.pop(m.mcore), cfg, layer).items():
+                    writer.write(name, tensor.to(dtype))
+                    bar.update(tensor.numel() * element_size)
+            del loaded
+    writer.finish()
+    return writer
+
+
+def run_mcore_to_hf(args: argparse.Namespace) -> int:
+    from megatron_cpt.conversion.mcore_io import read_tensor_metadata, single_rank_session
+
+    ckpt, out = Path(args.ckpt_dir), Path(args.out_dir)
+    meta = read_meta(ckpt)
+    cfg = model_config_of(meta, ckpt)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"--out-dir {out}: already exists; pass --force to replace it")
+    source = _source_dir(args, meta)
+    _base_config(source, meta, cfg)  # fail on a mismatching --hf-config-from before any work
+    with single_rank_session():
+        metadata = read_tensor_metadata(ckpt)
+        check_checkpoint_tensors(metadata, cfg, ckpt)
+        stored = metadata["embedding.word_embeddings.weight"].dtype
+        dtype_name = args.dtype or {v: k for k, v in _TORCH_DTYPES.items()}[stored]
+        dtype = _TORCH_DTYPES[dtype_name]
+        tmp = out.with_name(out.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            writer = write_safetensors(ckpt, metadata, cfg, tmp, dtype, args.max_shard_size)
+            write_side_files(tmp, cfg, dtype_name, source, meta)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"mcore-to-hf: wrote {out} ({len(writer.file_names)} safetensors shards, {dtype_name})")
+    return 0
