@@ -7,6 +7,7 @@ what else is installed, and reads them into (document id, text) pairs in a fixed
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import sysconfig
 from dataclasses import dataclass
@@ -43,14 +44,21 @@ def source_files(source: DemoSource, info_dir: Path = DPKG_INFO) -> list[Path] |
     """Regular files of the source in sorted order (links skipped: they duplicate a page);
     None when its package is not installed."""
     if source.package is None:
-        root = Path(sysconfig.get_paths()["stdlib"])
-        return sorted(p for p in root.rglob("*.py")
-                      if p.is_file() and not set(p.relative_to(root).parts[:-1]) & STDLIB_SKIP)
+        return stdlib_files()
     listed = package_files(source.package, info_dir)
     if listed is None:
         return None
     paths = (Path(p) for p in sorted(listed) if source.wanted(p))
     return [p for p in paths if p.is_file() and not p.is_symlink()]
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's .py files, without tests and without site-packages."""
+    found: list[Path] = []
+    for directory, subdirs, names in os.walk(sysconfig.get_paths()["stdlib"]):
+        subdirs[:] = [d for d in subdirs if d not in STDLIB_SKIP]
+        found += [Path(directory) / n for n in names if n.endswith(".py")]
+    return sorted(p for p in found if p.is_file() and not p.is_symlink())
 
 
 def read_fortunes(path: Path) -> Iterator[tuple[str, str]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -118,7 +119,8 @@ def _load_tiktoken(spec: str, target: str) -> Tokenizer:
         except ValueError as exc:
             raise UserError(f"tokenizer '{spec}': {exc}") from exc
         except Exception as exc:
-            cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<tmp>/data-gym-cache")
+            cache = (os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+                     or os.path.join(tempfile.gettempdir(), "data-gym-cache"))
             raise UserError(
                 f"tokenizer '{spec}': encoding '{target}' is not in the local cache ({cache}) and "
                 f"cannot be downloaded ({type(exc).__name__}); pass a local rank file as "

@@ -13,10 +13,11 @@ without sampling, so the same inputs give a byte-identical model.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from megatron_cpt.cli import UserError
 from megatron_cpt.data.documents import decode_record, find_input_files, read_raw_chunks
@@ -27,23 +28,34 @@ MODEL_NAME = "tokenizer"
 MAX_LINE_BYTES = 8192
 
 
-def write_training_lines(inputs: list[str], out_path: Path, text_key: str = "text",
-                         txt_mode: str = "paragraph") -> tuple[int, int]:
-    """Every non-blank line of every document, one per line (sentencepiece trains on lines).
+class TrainingLines:
+    """Every non-blank line of every document (sentencepiece trains on lines), counted."""
 
-    Returns (documents, lines)."""
-    files = find_input_files(inputs)
-    docs = lines = 0
-    with out_path.open("w", encoding="utf-8") as out:
-        for chunk in read_raw_chunks(files, txt_mode):
-            for number, raw in chunk.records:
-                text = decode_record(files[chunk.file_index], number, raw, text_key)
-                docs += 1
+    def __init__(self, inputs: list[str], text_key: str = "text", txt_mode: str = "paragraph"):
+        self.files = find_input_files(inputs)
+        self.text_key = text_key
+        self.txt_mode = txt_mode
+        self.docs = 0
+        self.lines = 0
+        # Bad input is kept here rather than raised through sentencepiece's C++ loop, which
+        # would wrap it in a multi-line RuntimeError.
+        self.error: UserError | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for text in self._documents():
+                self.docs += 1
                 for line in text.splitlines():
                     if line.strip():
-                        out.write(line + "\n")
-                        lines += 1
-    return docs, lines
+                        self.lines += 1
+                        yield line
+        except UserError as exc:
+            self.error = exc
+
+    def _documents(self) -> Iterator[str]:
+        for chunk in read_raw_chunks(self.files, self.txt_mode):
+            for number, raw in chunk.records:
+                yield decode_record(self.files[chunk.file_index], number, raw, self.text_key)
 
 
 def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
@@ -51,6 +63,7 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
                         character_coverage: float = 0.9995, force: bool = False) -> dict:
     """Train DIR/tokenizer.model; returns the facts also written to DIR/tokenizer_info.json."""
     import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
 
     out = Path(output_dir)
     model_path = out / f"{MODEL_NAME}.model"
@@ -59,32 +72,43 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
     if vocab_size < 300:
         raise UserError(f"--vocab-size: {vocab_size} is too small for byte fallback "
                         "(256 byte pieces + specials); use at least 300")
+    lines = TrainingLines(inputs, text_key, txt_mode)
+    model = io.BytesIO()
+    sentencepiece.set_random_generator_seed(1234)
+    try:
+        # An iterator and an in-memory writer keep file paths out of the model's trainer spec.
+        sentencepiece.SentencePieceTrainer.Train(
+            sentence_iterator=iter(lines), model_writer=model,
+            model_type="bpe", vocab_size=vocab_size, character_coverage=character_coverage,
+            byte_fallback=True, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True, split_digits=True,
+            max_sentence_length=MAX_LINE_BYTES, input_sentence_size=0,
+            shuffle_input_sentence=False, num_threads=threads,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            bos_piece="<|begin_of_text|>", eos_piece=EOD_TEXT,
+            minloglevel=2)
+    except RuntimeError as exc:
+        raise lines.error or UserError(f"sentencepiece training failed: {exc}") from exc
+    if lines.error:
+        raise lines.error
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model.getvalue())
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="train-tokenizer-") as tmp:
-        lines_path = Path(tmp) / "lines.txt"
-        docs, lines = write_training_lines(inputs, lines_path, text_key, txt_mode)
-        sentencepiece.set_random_generator_seed(1234)
-        try:
-            sentencepiece.SentencePieceTrainer.Train(
-                input=str(lines_path), model_prefix=str(Path(tmp) / MODEL_NAME),
-                model_type="bpe", vocab_size=vocab_size, character_coverage=character_coverage,
-                byte_fallback=True, normalization_rule_name="identity",
-                remove_extra_whitespaces=False, add_dummy_prefix=False,
-                allow_whitespace_only_pieces=True, split_digits=True,
-                max_sentence_length=MAX_LINE_BYTES, input_sentence_size=0,
-                shuffle_input_sentence=False, num_threads=threads,
-                unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-                bos_piece="<|begin_of_text|>", eos_piece=EOD_TEXT,
-                minloglevel=2)
-        except RuntimeError as exc:
-            raise UserError(f"sentencepiece training failed: {exc}") from exc
-        for suffix in (".model", ".vocab"):
-            os.replace(Path(tmp) / f"{MODEL_NAME}{suffix}", out / f"{MODEL_NAME}{suffix}")
+    _write_atomic(model_path, model.getvalue())
+    _write_atomic(out / f"{MODEL_NAME}.vocab",
+                  "".join(f"{p.piece}\t{p.score:g}\n" for p in proto.pieces).encode("utf-8"))
     tokenizer = load_tokenizer(f"sp:{model_path}")
     info = {"tokenizer": f"sp:{model_path}", "type": "sentencepiece-bpe",
             "vocab_size": tokenizer.vocab_size, "eod_id": tokenizer.eod_id, "eod": EOD_TEXT,
             "byte_fallback": True, "character_coverage": character_coverage,
-            "training_docs": docs, "training_lines": lines, "threads": threads,
+            "training_docs": lines.docs, "training_lines": lines.lines, "threads": threads,
             "inputs": [str(p) for p in inputs]}
-    (out / "tokenizer_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    _write_atomic(out / "tokenizer_info.json", (json.dumps(info, indent=2) + "\n").encode())
     return info
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
