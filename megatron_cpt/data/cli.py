@@ -41,6 +41,9 @@ def _register_prepare(sub: argparse._SubParsersAction) -> None:
     eod.add_argument("--append-eod", dest="append_eod", action="store_true", default=True,
                      help="end every document with the tokenizer's end-of-document id (default)")
     eod.add_argument("--no-eod", dest="append_eod", action="store_false")
+    p.add_argument("--prepend-bos", action="store_true",
+                   help="start every document with the tokenizer's beginning-of-text id "
+                        "(<|begin_of_text|> for Llama-3)")
     p.add_argument("--force", action="store_true", help="overwrite an existing P.bin/P.idx")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_run_prepare)
@@ -51,7 +54,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
     stats = prepare_indexed_dataset(
         args.input, args.output_prefix, args.tokenizer, workers=args.workers,
-        text_key=args.text_key, append_eod=args.append_eod, txt_mode=args.txt_mode,
+        text_key=args.text_key, append_eod=args.append_eod, prepend_bos=args.prepend_bos,
+        txt_mode=args.txt_mode,
         force=args.force, progress=args.progress)
     print(f"wrote {stats.output_prefix}.bin/.idx: {stats.docs} docs, {stats.tokens} tokens "
           f"({stats.dtype}), {stats.bytes} bytes in {stats.seconds:.2f} s = "

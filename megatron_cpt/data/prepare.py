@@ -4,7 +4,8 @@
         --tokenizer sp:tok/tokenizer.model --workers 2
 
 One document per input record (see ``documents``), its token ids followed by the tokenizer's
-end-of-document id. Records are encoded by a pool of worker processes, chunk by chunk, and written in
+end-of-document id (``--prepend-bos`` also starts it with the beginning-of-text id, as Llama-3's
+own pretraining documents do). Records are encoded by a pool of worker processes, chunk by chunk, and written in
 input order, so the output is byte-identical for any number of workers. Nothing is left at PREFIX
 unless the whole run succeeds: the builder writes to temporary files renamed at the end.
 """
@@ -48,6 +49,7 @@ class PrepareStats:
     vocab_size: int
     eod_id: int
     append_eod: bool
+    bos_id: int | None
     dtype: str
     workers: int
     docs: int = 0
@@ -73,9 +75,10 @@ _worker_state: dict = {}
 
 
 def _init_worker(spec: str, files: list[InputFile], text_key: str, append_eod: bool,
-                 dtype_name: str) -> None:
+                 prepend_bos: bool, dtype_name: str) -> None:
     _worker_state.update(tokenizer=load_tokenizer(spec), files=files, text_key=text_key,
-                         append_eod=append_eod, dtype=np.dtype(dtype_name))
+                         append_eod=append_eod, prepend_bos=prepend_bos,
+                         dtype=np.dtype(dtype_name))
 
 
 def _init_pool_worker(*init_args) -> None:
@@ -97,9 +100,11 @@ def _encode_chunk(chunk: RawChunk) -> EncodedChunk | str:
     kept = [t for t in texts if t]
     ids = tokenizer.encode_batch(kept)
     eod = [tokenizer.eod_id] if _worker_state["append_eod"] else []
-    lengths = np.array([len(d) + len(eod) for d in ids], dtype=np.int64)
+    bos = [tokenizer.bos_id] if _worker_state["prepend_bos"] else []
+    lengths = np.array([len(bos) + len(d) + len(eod) for d in ids], dtype=np.int64)
     joined: list[int] = []
     for doc in ids:
+        joined += bos
         joined += doc
         joined += eod
     flat = np.array(joined, dtype=np.int64)
@@ -140,6 +145,7 @@ def output_paths(prefix: str) -> tuple[Path, Path, Path]:
 
 def prepare_indexed_dataset(inputs: list[str], output_prefix: str, tokenizer_spec: str, *,
                             workers: int = 1, text_key: str = "text", append_eod: bool = True,
+                            prepend_bos: bool = False,
                             txt_mode: str = "paragraph", force: bool = False,
                             progress: bool = True, chunk_bytes: int = 1 << 19) -> PrepareStats:
     """Tokenize ``inputs`` into ``output_prefix``.bin/.idx and write ``output_prefix``.stats.json.
@@ -152,6 +158,8 @@ def prepare_indexed_dataset(inputs: list[str], output_prefix: str, tokenizer_spe
         raise UserError(f"--workers: must be >= 1, got {workers}")
     files = find_input_files(inputs)
     tokenizer = load_tokenizer(tokenizer_spec)
+    if prepend_bos and tokenizer.bos_id is None:
+        raise UserError(f"--prepend-bos: tokenizer '{tokenizer_spec}' has no beginning-of-text token")
     bin_path, idx_path, stats_path = output_paths(output_prefix)
     for path in (bin_path, idx_path):
         if path.exists() and not force:
@@ -164,11 +172,12 @@ def prepare_indexed_dataset(inputs: list[str], output_prefix: str, tokenizer_spe
 
     dtype = np.uint16 if tokenizer.vocab_size < UINT16_VOCAB_LIMIT else np.int32
     stats = PrepareStats(output_prefix, tokenizer_spec, tokenizer.vocab_size, tokenizer.eod_id,
-                         append_eod, np.dtype(dtype).name, workers,
+                         append_eod, tokenizer.bos_id if prepend_bos else None,
+                         np.dtype(dtype).name, workers,
                          input_files=[FileStats(str(f.path)) for f in files])
     tmp_prefix = f"{output_prefix}.tmp{os.getpid()}"
     tmp_bin, tmp_idx, _ = output_paths(tmp_prefix)
-    init_args = (tokenizer_spec, files, text_key, append_eod, np.dtype(dtype).name)
+    init_args = (tokenizer_spec, files, text_key, append_eod, prepend_bos, np.dtype(dtype).name)
     total = None if any(f.compressed for f in files) else sum(f.path.stat().st_size for f in files)
     start = time.perf_counter()
     builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)

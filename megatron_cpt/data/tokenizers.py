@@ -6,7 +6,8 @@
     sp:FILE.model       a sentencepiece model (see ``megatron-cpt data train-tokenizer``)
 
 Every backend encodes plain text only: special-token strings inside a document are encoded as
-text, never turned into control tokens, and no BOS/EOS is added; ``prepare`` appends ``eod_id``.
+text, never turned into control tokens, and no BOS/EOS is added; ``prepare`` appends ``eod_id``
+(and, when asked, puts ``bos_id`` first).
 """
 
 from __future__ import annotations
@@ -32,14 +33,17 @@ LLAMA3_NUM_SPECIAL = 256
 
 
 class Tokenizer:
-    """Text -> token ids, plus what an indexed dataset needs: vocab size and end-of-document id."""
+    """Text -> token ids, plus what an indexed dataset needs: vocab size, end-of-document id and,
+    where the tokenizer has one, the beginning-of-text id."""
 
     def __init__(self, name: str, vocab_size: int, eod_id: int,
                  encode_one: Callable[[str], list[int]],
-                 encode_many: Callable[[list[str]], list[list[int]]] | None = None) -> None:
+                 encode_many: Callable[[list[str]], list[list[int]]] | None = None,
+                 bos_id: int | None = None) -> None:
         self.name = name
         self.vocab_size = vocab_size
         self.eod_id = eod_id
+        self.bos_id = bos_id
         self._encode_one = encode_one
         self._encode_many = encode_many
 
@@ -90,7 +94,8 @@ def _load_hf(spec: str, target: str) -> Tokenizer:
         return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
     return Tokenizer(spec, vocab_size, tok.token_to_id(eod_text),
-                     lambda text: tok.encode(text, add_special_tokens=False).ids, encode_many)
+                     lambda text: tok.encode(text, add_special_tokens=False).ids, encode_many,
+                     bos_id=_hf_bos_id(directory, tok))
 
 
 def _hf_eod_text(directory: Path, tok) -> str | None:
@@ -107,12 +112,24 @@ def _hf_eod_text(directory: Path, tok) -> str | None:
     return next((c for c in candidates if tok.token_to_id(c) is not None), None)
 
 
+def _hf_bos_id(directory: Path, tok) -> int | None:
+    candidates = ["<|begin_of_text|>"]
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        bos = json.loads(config.read_text(encoding="utf-8")).get("bos_token")
+        candidates.append(bos.get("content") if isinstance(bos, dict) else bos)
+    candidates.append("<s>")
+    return next((tok.token_to_id(c) for c in candidates
+                 if isinstance(c, str) and tok.token_to_id(c) is not None), None)
+
+
 def _load_tiktoken(spec: str, target: str) -> Tokenizer:
     import tiktoken
 
     if target.endswith((".tiktoken", ".model")) or os.sep in target:
         encoding = _tiktoken_from_rank_file(spec, Path(target))
         eod_id = encoding.encode_single_token(EOD_TEXT)
+        bos_id = encoding.encode_single_token("<|begin_of_text|>")
     else:
         try:
             encoding = tiktoken.get_encoding(target)
@@ -126,8 +143,9 @@ def _load_tiktoken(spec: str, target: str) -> Tokenizer:
                 f"cannot be downloaded ({type(exc).__name__}); pass a local rank file as "
                 "tiktoken:PATH.tiktoken instead") from exc
         eod_id = encoding.eot_token
+        bos_id = None  # OpenAI encodings have no beginning-of-text token
     return Tokenizer(spec, encoding.n_vocab, eod_id, encoding.encode_ordinary,
-                     lambda texts: encoding.encode_ordinary_batch(texts, num_threads=1))
+                     lambda texts: encoding.encode_ordinary_batch(texts, num_threads=1), bos_id)
 
 
 def _tiktoken_from_rank_file(spec: str, path: Path):
@@ -180,5 +198,6 @@ def _load_sentencepiece(spec: str, target: str) -> Tokenizer:
     def encode_many(texts: list[str]) -> list[list[int]]:
         return processor.Encode(texts, num_threads=1)
 
+    bos_id = processor.bos_id() if processor.bos_id() >= 0 else None
     return Tokenizer(spec, processor.GetPieceSize(), eod_id,
-                     lambda text: processor.Encode(text), encode_many)
+                     lambda text: processor.Encode(text), encode_many, bos_id)

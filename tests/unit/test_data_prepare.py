@@ -128,3 +128,15 @@ def test_existing_output_needs_force(tmp_path, hf_spec, capsys):
     assert "x.bin already exists (pass --force" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0
     assert (tmp_path / "x.bin").read_bytes() == before
+
+
+def test_prepend_bos(tmp_path, hf_spec, capsys):
+    jsonl = write_jsonl(tmp_path / "a.jsonl", SAMPLE_DOCS[:3])
+    stats = prepare_indexed_dataset([str(jsonl)], str(tmp_path / "x"), hf_spec, prepend_bos=True,
+                                    progress=False)
+    tok = load_tokenizer(hf_spec)
+    assert tok.bos_id is not None and stats.bos_id == tok.bos_id
+    dataset = read_indexed(tmp_path / "x")
+    assert [d.tolist() for d in dataset] == \
+        [[tok.bos_id] + tok.encode(t) + [tok.eod_id] for t in SAMPLE_DOCS[:3]]
+    assert stats.tokens == sum(len(tok.encode(t)) + 2 for t in SAMPLE_DOCS[:3])

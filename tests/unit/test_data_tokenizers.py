@@ -18,6 +18,7 @@ def test_hf_directory_matches_the_tokenizers_library(tmp_path):
     reference = HfTokenizer.from_file(str(directory / "tokenizer.json"))
     tok = load_tokenizer(f"hf:{directory}")
     assert tok.eod_id == reference.token_to_id("<|end_of_text|>")
+    assert tok.bos_id == reference.token_to_id("<|begin_of_text|>")
     assert tok.vocab_size == reference.get_vocab_size(with_added_tokens=True)
     for text in SAMPLE_DOCS[:5]:
         assert tok.encode(text) == reference.encode(text, add_special_tokens=False).ids
@@ -52,10 +53,10 @@ def test_tiktoken_rank_file_uses_llama3_special_layout(tmp_path):
     path = build_two_byte_tiktoken(tmp_path / "two.tiktoken")
     tok = load_tokenizer(f"tiktoken:{path}")
     assert tok.vocab_size == 65792 + 256
-    assert tok.eod_id == 65792 + 1
-    import tiktoken  # noqa: F401  (decode through the same encoding to check the ids)
+    assert tok.eod_id == 65792 + 1 and tok.bos_id == 65792
     ids = tok.encode("中文 and English")
-    assert all(i < 65792 for i in ids) and tok.eod_id not in tok.encode("<|end_of_text|>")
+    assert all(i < 65792 for i in ids) and len(ids) <= len("中文 and English".encode())
+    assert tok.eod_id not in tok.encode("<|end_of_text|>")
 
 
 def test_tiktoken_named_encoding_offline_gives_a_clear_error(tmp_path, monkeypatch):

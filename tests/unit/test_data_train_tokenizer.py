@@ -34,7 +34,7 @@ def test_sp_backend_loads_the_trained_model(trained):
     tok = load_tokenizer(f"sp:{trained / 'tokenizer.model'}")
     processor = sentencepiece.SentencePieceProcessor(model_file=str(trained / "tokenizer.model"))
     assert tok.vocab_size == 600
-    assert tok.eod_id == processor.piece_to_id(EOD_TEXT) == 2
+    assert tok.eod_id == processor.piece_to_id(EOD_TEXT) == 2 and tok.bos_id == 1
     for text in SAMPLE_DOCS:
         ids = tok.encode(text)
         assert processor.decode(ids) == text  # identity normalization, whitespace kept
