@@ -31,8 +31,8 @@ class ParallelConfig:
     def data_parallel_size(self, world_size: int) -> int:
         if world_size % self.model_parallel_size:
             raise ConfigError(
-                f"parallel: world size {world_size} is not divisible by tp*pp*cp = "
-                f"{self.tp}*{self.pp}*{self.cp}")
+                f"parallel.tp: the job's {world_size} ranks (launch.nodes x launch.procs_per_node) "
+                f"are not divisible by parallel.tp x pp x cp = {self.tp} x {self.pp} x {self.cp}")
         return world_size // self.model_parallel_size
 
     def validate(self, num_layers: int, num_heads: int, num_query_groups: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 from megatron_cpt.config.loader import ConfigError
 
@@ -21,6 +21,9 @@ class TrainConfig:
     max_skipped_steps: int = 10
     eval_interval: int = 0
     eval_steps: int = 1
+    # End this run (with a checkpoint) after this step; the LR schedule still spans `steps`.
+    # For allocations shorter than the whole run: the next run resumes from here.
+    stop_at_step: Optional[int] = None
 
     def validate(self, data_parallel_size: int) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "seq_length"):
@@ -31,6 +34,9 @@ class TrainConfig:
             raise ConfigError(
                 f"train.global_batch_size: {self.global_batch_size} is not divisible by "
                 f"micro_batch_size x DP = {self.micro_batch_size} x {data_parallel_size}")
+        if self.stop_at_step is not None and not 0 < self.stop_at_step <= self.steps:
+            raise ConfigError(f"train.stop_at_step: must be in [1, train.steps={self.steps}], "
+                              f"got {self.stop_at_step}")
         if self.eval_interval < 0 or self.eval_steps <= 0:
             raise ConfigError("train.eval_interval / eval_steps: must be >= 0 / > 0")
 

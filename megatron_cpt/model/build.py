@@ -80,6 +80,11 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, *, on
         gradient_accumulation_fusion=False,
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=True,
+        # Batched p2p posts send_prev before send_next on every rank. NCCL pairs a group's ops as a
+        # whole, but gloo matches messages between two ranks in posting order, and with PP=2 and
+        # virtual stages each rank is both the previous and the next of the other: activations
+        # and gradients would swap. Unbatched p2p orders the ops by rank parity instead.
+        batch_p2p_comm=not on_cpu,
     )
     if model.recompute != "none":
         kwargs.update(recompute_granularity=model.recompute)

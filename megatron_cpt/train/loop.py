@@ -115,7 +115,8 @@ def run_training(recipe: Recipe) -> TrainOutcome:
     saved_step = progress.step if resume_from is not None else None
     consecutive_skips = 0
     try:
-        while progress.step < cfg.train.steps:
+        final_step = cfg.train.stop_at_step or cfg.train.steps
+        while progress.step < final_step:
             start = time.perf_counter()
             batches = microbatches(train_ds, progress.consumed_samples, cfg.train, dp_rank, dp_size)
             result = train_step(model, optimizer, scheduler, batches, num_micro, seq,

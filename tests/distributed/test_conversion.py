@@ -67,33 +67,28 @@ def test_untied_gqa2_converted_at_tp2_pp2(tmp_path):
     hf = make_hf_llama(tmp_path / "hf", vocab=1100, heads=4, kv_heads=2, tie=False)
     ckpt = tmp_path / "mcore"
     output = _ok(run_cli("convert", "hf-to-mcore", "--hf-dir", str(hf), "--out-dir", str(ckpt),
-                         "--tp", "2", "--pp", "2"))
+                         "--tp", "2", "--pp", "2", "--verify"))
     assert "filling rank 0's shard" in output
+    assert parse_verify_line(output)["max_abs_diff"] < PARITY  # loaded back at TP2-PP2
     meta = json.loads((ckpt / "megatron_cpt.json").read_text())
     assert meta["kind"] == "pretrained" and meta["parallel"] == {"tp": 2, "pp": 2, "vpp": None}
     assert meta["padded_vocab_size"] == 1280 and meta["model"]["vocab_size"] == 1100
     assert not (tmp_path / "mcore.tmp").exists()
-    _assert_parity(hf, ckpt, tp=2, pp=2)
     _assert_parity(hf, ckpt, tp=1, pp=1)  # another layout, fewer padding rows than on disk
     _assert_round_trip(hf, ckpt, tmp_path / "hf_out")
 
 
-def test_tied_gqa4_bf16_converted_at_tp1_pp1(tmp_path):
-    """GQA with 4 KV groups (8 heads), tied embeddings, vocab 1100, bf16 on disk."""
+def test_tied_gqa4_bf16_converted_with_virtual_pipeline(tmp_path):
+    """GQA with 4 KV groups (8 heads), tied embeddings, vocab 1100, bf16 on disk; converted at
+    TP1-PP2-VPP2, loaded at TP2-PP2 (more padding rows than on disk: zero-filled)."""
     hf = make_hf_llama(tmp_path / "hf", vocab=1100, heads=8, kv_heads=4, tie=True,
                        dtype=torch.bfloat16)
     ckpt = tmp_path / "mcore"
-    _ok(run_cli("convert", "hf-to-mcore", "--hf-dir", str(hf), "--out-dir", str(ckpt)))
+    output = _ok(run_cli("convert", "hf-to-mcore", "--hf-dir", str(hf), "--out-dir", str(ckpt),
+                         "--pp", "2", "--vpp", "2", "--verify"))
+    assert parse_verify_line(output)["max_abs_diff"] < PARITY
     meta = json.loads((ckpt / "megatron_cpt.json").read_text())
     assert meta["dtype"] == "bf16" and meta["model"]["tie_embeddings"] is True
-    _assert_parity(hf, ckpt, tp=2, pp=2)  # more padding rows than on disk: zero-filled
-    _assert_round_trip(hf, ckpt, tmp_path / "hf_out")
-
-
-def test_virtual_pipeline_conversion_round_trips(tmp_path):
-    """--pp 2 --vpp 2 writes the same global checkpoint: the export equals the source."""
-    hf = make_hf_llama(tmp_path / "hf", vocab=1000, heads=4, kv_heads=2, tie=False, seed=3)
-    ckpt = tmp_path / "mcore"
-    _ok(run_cli("convert", "hf-to-mcore", "--hf-dir", str(hf), "--out-dir", str(ckpt),
-                "--pp", "2", "--vpp", "2"))
+    assert meta["padded_vocab_size"] == 1152
+    _assert_parity(hf, ckpt, tp=2, pp=2)
     _assert_round_trip(hf, ckpt, tmp_path / "hf_out")

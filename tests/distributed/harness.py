@@ -1,0 +1,52 @@
+"""Run `megatron-cpt train` in a subprocess and read what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_RECIPE = REPO / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(args: list[str], timeout: float = 600, check: bool = True,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "megatron_cpt", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"megatron-cpt {' '.join(args)} exited {proc.returncode}\n"
+                             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def train(overrides: list[str], recipe: Path = TINY_RECIPE, **kwargs) -> subprocess.CompletedProcess:
+    return run_cli(["train", str(recipe), *overrides], **kwargs)
+
+
+def write_initial_weights(out_dir: Path, overrides: list[str], recipe: Path = TINY_RECIPE) -> Path:
+    env = dict(os.environ, MASTER_PORT=str(free_port()))
+    script = Path(__file__).with_name("write_initial_weights.py")
+    proc = subprocess.run([sys.executable, str(script), str(recipe), str(out_dir), *overrides],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return out_dir
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [record["loss"] for record in metrics(run_dir)]
