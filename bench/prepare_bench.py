@@ -5,7 +5,8 @@
 
 Each run is ``data prepare --workers N`` under GNU ``/usr/bin/time -v`` (``apt-get install -y time``).
 tokens/s is from PREFIX.stats.json (reading, encoding and writing; not the interpreter and
-megatron-core import, which the wall time includes). Peak RSS is GNU time's maximum resident set
+megatron-core import, which the wall time includes); tokens per CPU-second (main process plus
+workers, same span) is the figure to compare on a machine that other jobs share. Peak RSS is GNU time's maximum resident set
 size: the largest single process (the main process or one worker), not their sum.
 """
 
@@ -41,7 +42,8 @@ def timed_prepare(corpus: Path, prefix: Path, tokenizer: str, workers: int) -> d
     stats = json.loads(Path(f"{prefix}.stats.json").read_text())
     return {"workers": workers, "docs": stats["docs"], "tokens": stats["tokens"],
             "bytes": stats["bytes"], "prepare_s": stats["seconds"],
-            "tokens_per_s": stats["tokens_per_second"], "wall_s": round(seconds, 2),
+            "tokens_per_s": stats["tokens_per_second"], "cpu_s": stats["cpu_seconds"],
+            "tokens_per_cpu_s": stats["tokens_per_cpu_second"], "wall_s": round(seconds, 2),
             "peak_rss_mib": round(rss_kb / 1024, 1)}
 
 
@@ -72,11 +74,13 @@ def main() -> int:
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {len(os.sched_getaffinity(0))}-core "
           f"CPU, load average {load} (other jobs share the machine when > 0), "
           f"python {platform.python_version()}, tokenizer {tokenizer}")
-    print("| workers | docs | tokens | MB text | prepare s | tokens/s | wall s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| workers | docs | tokens | MB text | prepare s | tokens/s | CPU s | tokens/CPU-s "
+          "| wall s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['workers']} | {r['docs']} | {r['tokens']} | {r['bytes'] / 1e6:.1f} | "
-              f"{r['prepare_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.1f} | "
+              f"{r['prepare_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['cpu_s']:.1f} | "
+              f"{r['tokens_per_cpu_s']:,.0f} | {r['wall_s']:.1f} | "
               f"{r['peak_rss_mib']} |")
     return 0
 

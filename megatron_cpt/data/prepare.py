@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import resource
 import time
 import warnings
 from collections import deque
@@ -58,6 +59,10 @@ class PrepareStats:
     skipped_empty: int = 0
     seconds: float = 0.0
     tokens_per_second: float = 0.0
+    # CPU time of the main process and its workers over the same span: a figure that, unlike
+    # tokens_per_second, holds up on a machine shared with other jobs.
+    cpu_seconds: float = 0.0
+    tokens_per_cpu_second: float = 0.0
     input_files: list[FileStats] = field(default_factory=list)
 
 
@@ -179,7 +184,7 @@ def prepare_indexed_dataset(inputs: list[str], output_prefix: str, tokenizer_spe
     tmp_bin, tmp_idx, _ = output_paths(tmp_prefix)
     init_args = (tokenizer_spec, files, text_key, append_eod, prepend_bos, np.dtype(dtype).name)
     total = None if any(f.compressed for f in files) else sum(f.path.stat().st_size for f in files)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
     finished = False
     try:
@@ -206,8 +211,17 @@ def prepare_indexed_dataset(inputs: list[str], output_prefix: str, tokenizer_spe
                 path.unlink(missing_ok=True)
     stats.seconds = round(time.perf_counter() - start, 3)
     stats.tokens_per_second = round(stats.tokens / max(stats.seconds, 1e-9), 1)
+    stats.cpu_seconds = round(_cpu_seconds() - cpu_start, 3)
+    stats.tokens_per_cpu_second = round(stats.tokens / max(stats.cpu_seconds, 1e-9), 1)
     _write_json(stats_path, asdict(stats))
     return stats
+
+
+def _cpu_seconds() -> float:
+    """User + system time of this process and of its waited-for children (the pool workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _add_chunk(builder, chunk: EncodedChunk, stats: PrepareStats) -> None:
