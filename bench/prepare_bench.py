@@ -38,7 +38,8 @@ def timed_prepare(corpus: Path, prefix: Path, tokenizer: str, workers: int) -> d
         sys.exit(f"prepare failed ({done.returncode}):\n{done.stderr[-2000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", done.stderr)
-    seconds = sum(float(part) * 60 ** i for i, part in enumerate(reversed(wall.group(1).split(":"))))
+    parts = reversed(wall.group(1).split(":"))  # [h:]m:ss
+    seconds = sum(float(part) * 60 ** i for i, part in enumerate(parts))
     stats = json.loads(Path(f"{prefix}.stats.json").read_text())
     return {"workers": workers, "docs": stats["docs"], "tokens": stats["tokens"],
             "bytes": stats["bytes"], "prepare_s": stats["seconds"],
@@ -71,7 +72,8 @@ def main() -> int:
     results = [timed_prepare(corpus, args.work_dir / f"prepared_w{w}", tokenizer, w)
                for w in args.workers]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {len(os.sched_getaffinity(0))}-core "
+    cores = len(os.sched_getaffinity(0))
+    print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} {cores}-core "
           f"CPU, load average {load} (other jobs share the machine when > 0), "
           f"python {platform.python_version()}, tokenizer {tokenizer}")
     print("| workers | docs | tokens | MB text | prepare s | tokens/s | CPU s | tokens/CPU-s "

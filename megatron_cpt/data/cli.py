@@ -18,7 +18,7 @@ TXT_HELP = ("how a .txt file splits into documents: paragraph (blank-line separa
 
 def register(verbs: argparse._SubParsersAction) -> None:
     data = verbs.add_parser("data", help="corpora -> tokenizer -> indexed datasets",
-                            description=__doc__.split("\n")[0])
+                            description="Corpora, tokenizers and megatron-core indexed datasets.")
     sub = data.add_subparsers(dest="data_verb", required=True, metavar="DATA_VERB")
     _register_prepare(sub)
     _register_train_tokenizer(sub)
@@ -64,7 +64,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 def _register_train_tokenizer(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-tokenizer", help="train a sentencepiece BPE tokenizer (byte fallback)")
+    p = sub.add_parser("train-tokenizer",
+                       help="train a sentencepiece BPE tokenizer (byte fallback)")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH")
     p.add_argument("--vocab-size", type=int, required=True, metavar="N")
     p.add_argument("--output", required=True, metavar="DIR", help="writes DIR/tokenizer.model")
@@ -90,7 +91,8 @@ def _run_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _register_demo_corpus(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo-corpus", help="bilingual JSONL corpus from Debian packages + Python stdlib")
+    p = sub.add_parser("demo-corpus",
+                       help="bilingual JSONL corpus from Debian packages + Python stdlib")
     p.add_argument("out", metavar="OUT", help="directory for SOURCE.jsonl files and manifest.json")
     p.add_argument("--max-docs", type=int, default=None, metavar="N",
                    help="keep the first N documents of each source (default all)")

@@ -90,8 +90,8 @@ def build_demo_corpus(out: str, *, max_docs: int | None = None, require_all: boo
                 "missing": [{"name": s.name, "package": s.package} for s in missing],
                 "install_missing": install_command(missing_packages) if missing_packages else None,
                 "max_docs": max_docs}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
+    manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    (out_dir / "manifest.json").write_text(manifest_text, encoding="utf-8")
     print(f"wrote {out_dir}/manifest.json: {len(entries)} sources, "
           f"{sum(e['docs'] for e in entries)} docs")
     return 0

@@ -19,6 +19,7 @@ import resource
 import time
 import warnings
 from collections import deque
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -164,7 +165,8 @@ def prepare_indexed_dataset(inputs: list[str], output_prefix: str, tokenizer_spe
     files = find_input_files(inputs)
     tokenizer = load_tokenizer(tokenizer_spec)
     if prepend_bos and tokenizer.bos_id is None:
-        raise UserError(f"--prepend-bos: tokenizer '{tokenizer_spec}' has no beginning-of-text token")
+        raise UserError(f"--prepend-bos: tokenizer '{tokenizer_spec}' has no "
+                        "beginning-of-text token")
     bin_path, idx_path, stats_path = output_paths(output_prefix)
     for path in (bin_path, idx_path):
         if path.exists() and not force:
@@ -191,12 +193,14 @@ def prepare_indexed_dataset(inputs: list[str], output_prefix: str, tokenizer_spe
         with tqdm(total=total, unit="B", unit_scale=True, desc="prepare",
                   disable=None if progress else True) as bar:
             chunks = read_raw_chunks(files, txt_mode, chunk_bytes)
-            for result in _encoded_chunks(chunks, workers, init_args):
-                if isinstance(result, str):
-                    raise UserError(result)
-                _add_chunk(builder, result, stats)
-                bar.update(result.bytes_read)
-                bar.set_postfix(docs=stats.docs, tokens=stats.tokens, refresh=False)
+            # closing(): on an error the pool stops now, not when the traceback is freed.
+            with closing(_encoded_chunks(chunks, workers, init_args)) as results:
+                for result in results:
+                    if isinstance(result, str):
+                        raise UserError(result)
+                    _add_chunk(builder, result, stats)
+                    bar.update(result.bytes_read)
+                    bar.set_postfix(docs=stats.docs, tokens=stats.tokens, refresh=False)
         for file_stats in stats.input_files:
             if file_stats.docs == 0:
                 raise UserError(f"{file_stats.path}: no non-empty documents")

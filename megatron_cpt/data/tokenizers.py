@@ -66,7 +66,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
         raise UserError(f"tokenizer '{spec}': expected one of {SPEC_FORMS}")
     loaders = {"hf": _load_hf, "tiktoken": _load_tiktoken, "sp": _load_sentencepiece}
     if backend not in loaders:
-        raise UserError(f"tokenizer '{spec}': unknown backend '{backend}' (expected one of {SPEC_FORMS})")
+        raise UserError(f"tokenizer '{spec}': unknown backend '{backend}' "
+                        f"(expected one of {SPEC_FORMS})")
     return loaders[backend](spec, target)
 
 

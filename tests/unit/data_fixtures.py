@@ -32,8 +32,9 @@ def many_docs(count: int) -> list[str]:
     return [f"{text} #{i}" for i, text in zip(range(count), itertools.cycle(SAMPLE_DOCS))]
 
 
-def build_hf_tokenizer(directory: Path, texts: list[str] = SAMPLE_DOCS, vocab_size: int = 400) -> Path:
-    """A tiny byte-level BPE saved as a Hugging Face tokenizer directory (tokenizer.json + config)."""
+def build_hf_tokenizer(directory: Path, texts: list[str] = SAMPLE_DOCS,
+                       vocab_size: int = 400) -> Path:
+    """A tiny byte-level BPE saved as a Hugging Face directory (tokenizer.json + config)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())

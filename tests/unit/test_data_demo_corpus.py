@@ -1,4 +1,5 @@
-"""data demo-corpus: real sources where their Debian packages are installed; clear reports where not."""
+"""data demo-corpus: real sources where their Debian packages are installed, clear reports
+where they are not."""
 
 from __future__ import annotations
 
