@@ -1,12 +1,13 @@
 """Hugging Face Llama-3 -> megatron-core distributed checkpoint (initial weights for training).
 
-    megatron-cpt convert hf-to-mcore --hf-dir HF_DIR --out-dir CKPT --tp 2 --pp 2 [--vpp 2] [--dtype bf16]
+    megatron-cpt convert hf-to-mcore --hf-dir HF_DIR --out-dir CKPT --tp 2 --pp 2 [--vpp 2] [--dtype bf16] [--verify]
 
 The command checks everything it can before starting any rank (the architecture, the config against
 every tensor's shape, the shards on disk, the TP/PP split, the target directory), then starts TP*PP
 local ranks (torchrun). Each rank builds only its own model shard without initialising it, fills it
 with the Hugging Face rows and columns that shard needs (read lazily, tensor by tensor) and takes
 part in one ``save_dist_checkpoint``. The result is written to ``CKPT.tmp`` and renamed at the end.
+``--verify`` then loads it on the same ranks and compares logits as ``convert verify`` does.
 
 The checkpoint holds megatron-core's global tensors, so ``megatron-cpt train`` loads it at any TP/PP.
 ``megatron_cpt.json`` (the ``meta``) has:
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-divisor", type=int, default=128,
                         help="pad the vocabulary to a multiple of this times TP (default 128)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out-dir")
+    parser.add_argument("--verify", action="store_true",
+                        help="then load the result on the same ranks and compare its logits with "
+                             "the Hugging Face model's (as `convert verify` does)")
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
@@ -65,7 +69,7 @@ def worker_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--vpp", str(args.vpp)]
     if args.dtype is not None:
         argv += ["--dtype", args.dtype]
-    return argv + (["--force"] if args.force else [])
+    return argv + (["--force"] if args.force else []) + (["--verify"] if args.verify else [])
 
 
 # ---- checks made before any rank starts -----------------------------------------------------------
@@ -210,8 +214,15 @@ def convert_this_rank(args: argparse.Namespace) -> int:
                          checkpoint_meta(hf, cfg, parallel))
     if rank0:
         print(f"hf-to-mcore: done: {args.out_dir}", flush=True)
+    status = 0
+    if args.verify:
+        from megatron_cpt.conversion.verify import DEFAULT_THRESHOLD, compare_with_hf, token_batch
+
+        del chunks
+        status = compare_with_hf(args.out_dir, args.hf_dir, cfg, parallel, token_batch(cfg, parallel),
+                                 DEFAULT_THRESHOLD)
     destroy_parallel()
-    return 0
+    return status
 
 
 # ---- the command ----------------------------------------------------------------------------------
@@ -231,8 +242,8 @@ def run_hf_to_mcore(args: argparse.Namespace) -> int:
         partial = out_dir.with_name(out_dir.name + ".tmp")
         if partial.exists():
             shutil.rmtree(partial)
-        print(f"megatron-cpt convert: error: hf-to-mcore failed (exit status {status}); "
-              f"nothing was written to {out_dir}", file=sys.stderr)
+        print(f"megatron-cpt convert: error: hf-to-mcore failed (exit status {status})"
+              + ("" if out_dir.exists() else f"; nothing was written to {out_dir}"), file=sys.stderr)
         return status or 1
     return 0
 

@@ -28,6 +28,7 @@ from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
 
 WORKER_MODULE = "megatron_cpt.conversion.verify"
+DEFAULT_THRESHOLD = 1e-3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threshold", type=float, default=1e-3,
-                        help="largest accepted max |logit difference| (default 1e-3)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help=f"largest accepted max |logit difference| (default {DEFAULT_THRESHOLD:g})")
 
 
 def worker_argv(args: argparse.Namespace) -> list[str]:
@@ -54,7 +55,7 @@ def prepare(args: argparse.Namespace) -> tuple[ModelConfig, ParallelConfig]:
     from megatron_cpt.conversion.hf_io import HfCheckpoint
 
     meta = read_meta(args.ckpt_dir)
-    cfg = dataclasses.replace(build_dataclass(ModelConfig, meta["model"], "model"), dtype="fp32")
+    cfg = build_dataclass(ModelConfig, meta["model"], "model")
     HfCheckpoint(args.hf_dir).check_files()
     parallel = ParallelConfig(tp=args.tp, pp=args.pp, vpp=args.vpp)
     try:
@@ -64,9 +65,14 @@ def prepare(args: argparse.Namespace) -> tuple[ModelConfig, ParallelConfig]:
     return cfg, parallel
 
 
-def token_batch(cfg: ModelConfig, args: argparse.Namespace) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(args.seed)
-    return torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len), generator=generator)
+def token_batch(cfg: ModelConfig, parallel: ParallelConfig, batch_size: int = 2, seq_len: int = 32,
+                seed: int = 0) -> torch.Tensor:
+    """Random token ids; one sequence per micro-batch, and the interleaved schedule (vpp) needs a
+    multiple of PP micro-batches, so the batch is rounded up to one."""
+    if parallel.vpp:
+        batch_size = -(-batch_size // parallel.pp) * parallel.pp
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (batch_size, seq_len), generator=generator)
 
 
 def _forward_step(data_iterator, model):
@@ -82,14 +88,15 @@ def megatron_logits(chunks, tokens: torch.Tensor) -> torch.Tensor | None:
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    iterators = [iter([tokens]) for _ in chunks]
+    sequences = list(tokens.split(1))
+    iterators = [iter(sequences) for _ in chunks]
     outputs = get_forward_backward_func()(
         forward_step_func=_forward_step, data_iterator=iterators if len(chunks) > 1 else iterators[0],
-        model=chunks, num_microbatches=1, seq_length=tokens.shape[1],
-        micro_batch_size=tokens.shape[0], forward_only=True, collect_non_loss_data=True)
+        model=chunks, num_microbatches=len(sequences), seq_length=tokens.shape[1],
+        micro_batch_size=1, forward_only=True, collect_non_loss_data=True)
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
-    local = outputs[0].float().contiguous()  # [b, s, padded_vocab / tp]
+    local = torch.cat([out.float() for out in outputs]).contiguous()  # [b, s, padded_vocab / tp]
     group = parallel_state.get_tensor_model_parallel_group()
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, local, group=group)
@@ -105,39 +112,47 @@ def hf_logits(hf_dir: str, tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens).logits.float()
 
 
-def verify_this_rank(args: argparse.Namespace) -> int:
+def compare_with_hf(ckpt_dir: str, hf_dir: str, cfg: ModelConfig, parallel: ParallelConfig,
+                    tokens: torch.Tensor, threshold: float) -> int:
+    """Collective, after ``initialize_parallel``: 0 on every rank if the logits agree, else 1."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     from megatron_cpt.checkpointing.dist_io import load_model_weights
     from megatron_cpt.model.build import build_model
-    from megatron_cpt.runtime.parallel import destroy_parallel, initialize_parallel
 
-    cfg, parallel = prepare(args)
-    initialize_parallel(parallel, seed=0)
-    chunks = build_model(cfg, parallel, initialize=False)
-    load_model_weights(chunks, args.ckpt_dir)
+    chunks = build_model(dataclasses.replace(cfg, dtype="fp32"), parallel, initialize=False)
+    load_model_weights(chunks, ckpt_dir)
     for chunk in chunks:
         chunk.eval()
-    tokens = token_batch(cfg, args)
     with torch.no_grad():
         ours = megatron_logits(chunks, tokens)
     failed = torch.zeros(1)
     reporter = (ours is not None and parallel_state.get_tensor_model_parallel_rank() == 0
                 and parallel_state.get_data_parallel_rank() == 0)
     if reporter:
-        reference = hf_logits(args.hf_dir, tokens)
+        reference = hf_logits(hf_dir, tokens)
         diff = (ours[..., : cfg.vocab_size] - reference).abs()
         max_abs = diff.max().item()
         max_rel = max_abs / reference.abs().max().item()
-        ok = max_abs <= args.threshold
+        ok = max_abs <= threshold
         failed += 0 if ok else 1
         print(f"verify: max_abs_diff={max_abs:.3e} max_rel_diff={max_rel:.3e} "
-              f"threshold={args.threshold:.0e} tp={parallel.tp} pp={parallel.pp} "
+              f"threshold={threshold:.0e} tp={parallel.tp} pp={parallel.pp} vpp={parallel.vpp} "
               f"tokens={tokens.shape[0]}x{tokens.shape[1]} -> {'OK' if ok else 'FAILED'}", flush=True)
     dist.all_reduce(failed)
-    destroy_parallel()
     return 1 if failed.item() else 0
+
+
+def verify_this_rank(args: argparse.Namespace) -> int:
+    from megatron_cpt.runtime.parallel import destroy_parallel, initialize_parallel
+
+    cfg, parallel = prepare(args)
+    initialize_parallel(parallel, seed=0)
+    tokens = token_batch(cfg, parallel, args.batch_size, args.seq_len, args.seed)
+    status = compare_with_hf(args.ckpt_dir, args.hf_dir, cfg, parallel, tokens, args.threshold)
+    destroy_parallel()
+    return status
 
 
 def run_verify(args: argparse.Namespace) -> int:
