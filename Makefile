@@ -1,0 +1,31 @@
+# make test   — the whole CPU test suite (creates .venv/ on first use)
+# make demo   — corpus -> tokenizer -> indexed data -> tiny Llama CPT on 2 CPU ranks -> HF export
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# CPU build from local disk; on a GPU machine set TORCH_SPEC=torch (or keep the image's torch).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: test test-unit test-distributed demo bench clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -ra --durations=15
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit
+
+test-distributed: $(VENV)/.installed
+	$(PY) -m pytest -q tests/distributed
+
+demo: $(VENV)/.installed
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh
+
+clean:
+	rm -rf runs outputs .pytest_cache

@@ -1,0 +1,32 @@
+"""On a CUDA machine: build the model on the GPU (SDPA spec without Transformer Engine, TE spec
+with it) and train 3 steps in bf16. Skipped where CUDA is absent."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distributed"))
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_three_bf16_steps_on_cuda(tmp_path):
+    from harness import losses, train
+    from token_fixtures import EOD_ID, write_byte_dataset
+
+    prefix = tmp_path / "stdlib"
+    write_byte_dataset(prefix)
+    run_dir = tmp_path / "run"
+    train([f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.preset=llama3-small",
+           "model.dtype=bf16", "launch.procs_per_node=1", "parallel.tp=1", "train.steps=3",
+           "train.global_batch_size=8", "train.micro_batch_size=4", "train.seq_length=256",
+           "optim.schedule.warmup_steps=1", f"logging.run_dir={run_dir}"])
+    values = losses(run_dir)
+    assert len(values) == 3 and all(math.isfinite(v) for v in values)
+    assert values[-1] < values[0]
