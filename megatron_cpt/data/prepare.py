@@ -201,6 +201,8 @@ def prepare_indexed_dataset(inputs: list[str], output_prefix: str, tokenizer_spe
                     _add_chunk(builder, result, stats)
                     bar.update(result.bytes_read)
                     bar.set_postfix(docs=stats.docs, tokens=stats.tokens, refresh=False)
+            if total is not None:  # chunks count record bytes; blank lines were read too
+                bar.update(total - bar.n)
         for file_stats in stats.input_files:
             if file_stats.docs == 0:
                 raise UserError(f"{file_stats.path}: no non-empty documents")
