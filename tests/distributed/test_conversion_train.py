@@ -59,7 +59,8 @@ def test_first_step_loss_from_converted_weights_equals_hf_loss(tmp_path):
     run_dir = tmp_path / "run"
     overrides = [
         f"data.paths=[{data}]", f"logging.run_dir={run_dir}", f"checkpoint.pretrained={ckpt}",
-        "model.dtype=fp32", "train.steps=1", "train.global_batch_size=4", "train.micro_batch_size=2",
+        "model.dtype=fp32", "train.steps=2", "train.stop_at_step=1", "optim.schedule.warmup_steps=1",
+        "train.global_batch_size=4", "train.micro_batch_size=2",
         "train.seq_length=64", "checkpoint.save_at_end=false", "checkpoint.save_interval=0",
         "logging.tensorboard=false",
         # megatron-core's cross entropy runs over the padded vocabulary, where zero rows give
