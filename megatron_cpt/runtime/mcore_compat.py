@@ -5,10 +5,12 @@ apex is installed (the optimizer is then ``torch.optim.Adam``), on CPU and GPU a
    (called to build the sharded state dict a checkpoint is loaded into) reads a ``step`` from every
    state entry, and megatron-core's ``init_state_fn`` creates ``exp_avg``/``exp_avg_sq`` only.
    ``materialize_adam_state`` fills in zeros and step 0; the load overwrites all of it.
-2. Loading the ``fully_reshardable`` format, ``DistributedOptimizer`` restores ``step`` through
-   the param groups and then copies every per-parameter state key from the checkpoint, where
-   ``step`` is (deliberately) absent: a KeyError. ``keep_step_on_reshardable_load`` makes that copy
-   keep the step already restored.
+2. Loading, ``DistributedOptimizer`` restores ``step`` through the param groups as ONE tensor
+   shared by every parameter's state; torch's Adam then increments it in place once per
+   parameter, so the bias correction of the first step after a resume is wrong. It then copies
+   every per-parameter key of the ``fully_reshardable`` format, where ``step`` is (deliberately)
+   absent: a KeyError. ``patch_adam_state_loading`` keeps the restored step on that copy and gives
+   each parameter its own step tensor after the load.
 Both act only on ``torch.optim.Adam`` instances, so with TE's or apex's fused Adam nothing changes.
 """
 
@@ -38,7 +40,13 @@ def materialize_adam_state(optimizer) -> None:
                     state.setdefault("exp_avg_sq", torch.zeros_like(param.data))
 
 
-def keep_step_on_reshardable_load(optimizer) -> None:
+def _unshare_steps(adam: torch.optim.Adam) -> None:
+    for state in adam.state.values():
+        if "step" in state:
+            state["step"] = state["step"].clone()
+
+
+def patch_adam_state_loading(optimizer) -> None:
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     for opt in _inner_optimizers(optimizer):
@@ -56,3 +64,10 @@ def keep_step_on_reshardable_load(optimizer) -> None:
             return _original(model_param, tensors)
 
         opt._set_main_param_and_optimizer_states = types.MethodType(set_states, opt)
+        original_load = opt.load_state_dict
+
+        def load_state_dict(self, state_dict, _original=original_load):
+            _original(state_dict)
+            _unshare_steps(self.optimizer)
+
+        opt.load_state_dict = types.MethodType(load_state_dict, opt)

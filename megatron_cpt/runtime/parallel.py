@@ -18,7 +18,7 @@ import torch
 from megatron_cpt.config.optim import OptimConfig
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.runtime import cpu_emulation
-from megatron_cpt.runtime.mcore_compat import keep_step_on_reshardable_load
+from megatron_cpt.runtime.mcore_compat import patch_adam_state_loading
 
 
 def on_cuda() -> bool:
@@ -106,5 +106,5 @@ def build_optimizer(ddp_chunks, optim: OptimConfig, parallel: ParallelConfig, dt
         use_distributed_optimizer=parallel.distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(config, ddp_chunks)
-    keep_step_on_reshardable_load(optimizer)
+    patch_adam_state_loading(optimizer)
     return optimizer
