@@ -44,8 +44,10 @@ class ModelConfig:
     rope_scaling: Optional[RopeScalingConfig] = None
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
-    # The embedding and output rows are padded to a multiple of this times TP.
-    make_vocab_size_divisible_by: int = 128
+    # The embedding and output rows are padded to a multiple of this times TP. Padding rows give
+    # logit 0 and so enter the softmax: 16 keeps Llama-3's 128256 unpadded for every TP <= 16,
+    # so a converted checkpoint's first-step loss equals the Hugging Face loss.
+    make_vocab_size_divisible_by: int = 16
     init_method_std: float = 0.02
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     attention_backend: Literal["auto", "te", "sdpa", "local"] = "auto"
