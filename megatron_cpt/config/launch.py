@@ -1,9 +1,8 @@
-"""LaunchConfig: how many processes the job has, and where they run."""
+"""LaunchConfig: how many processes the job has (nodes x processes per node)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from megatron_cpt.config.loader import ConfigError
 
@@ -12,11 +11,6 @@ from megatron_cpt.config.loader import ConfigError
 class LaunchConfig:
     nodes: int = 1
     procs_per_node: int = 1
-    # Slurm settings, used by `megatron-cpt launch`.
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    time: str = "04:00:00"
-    container_image: Optional[str] = None
 
     @property
     def world_size(self) -> int:

@@ -32,7 +32,10 @@ def run(args) -> int:
     if recipe.launch.nodes != 1:
         from megatron_cpt.cli import UserError
 
-        raise UserError(f"launch.nodes={recipe.launch.nodes}: a multi-node job starts through "
-                        f"`megatron-cpt launch` (Slurm), not a local train")
+        raise UserError(
+            f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; run "
+            f"`torchrun --nnodes {recipe.launch.nodes} --nproc-per-node "
+            f"{recipe.launch.procs_per_node} -m megatron_cpt.train.worker RECIPE` on every node "
+            f"(e.g. under srun), see docs/TRAINING.md")
     return run_local("megatron_cpt.train.worker", [args.recipe, *args.overrides],
                      recipe.launch.procs_per_node)

@@ -3,13 +3,13 @@ while it writes a checkpoint resumes from the previous one."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from harness import TINY_RECIPE, losses, metrics, train, write_initial_weights
@@ -54,6 +54,16 @@ def test_resume_matches_uninterrupted_run(setup):
     assert len(losses(resharded)) == 10
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the launcher and every rank (torchrun starts ranks in sessions of their own)."""
+    parent = psutil.Process(pid)
+    for process in [parent, *parent.children(recursive=True)]:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
 def test_kill_during_checkpoint_write_keeps_previous(setup):
     root, common = setup
     run_dir = root / "killed"
@@ -70,10 +80,10 @@ def test_kill_during_checkpoint_write_keeps_previous(setup):
             assert proc.poll() is None, "training ended before the step-10 checkpoint was caught"
             assert time.monotonic() < deadline, "no checkpoint write seen"
             time.sleep(0.005)
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree(proc.pid)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
         proc.wait()
     assert (ckpt / "latest").read_text().strip() == "step_000005"
     assert not (ckpt / "step_000010").exists()
