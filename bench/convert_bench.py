@@ -6,8 +6,8 @@ Llama-3-8B-shaped checkpoint cut to 4 layers (hidden 4096, 128256 vocab, bf16, a
 The source checkpoint is random-init and written tensor by tensor (never the whole model in memory).
 Each conversion runs under ``/usr/bin/time -v``, whose "Maximum resident set size" is the peak RSS of
 the largest single process of the command (getrusage over the waited-for children: one rank for
-hf-to-mcore, the only process for mcore-to-hf). A sampler also sums the RSS of the whole process tree
-every 0.2 s, which gives the peak of all ranks together. Results go to stdout as a Markdown table and
+hf-to-mcore, the only process for mcore-to-hf). A sampler also sums the proportional set size (Pss)
+of the whole process tree every 0.2 s: the peak of all ranks together, shared pages counted once. Results go to stdout as a Markdown table and
 to ``WORK_DIR/results.json``.
 """
 
@@ -61,10 +61,10 @@ def write_random_checkpoint(directory: Path, cfg: ModelConfig, shard_bytes: int)
     return writer.total_bytes
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """Sum of VmRSS over ``root`` and all its descendants (from /proc)."""
+def _tree_pss_bytes(root: int) -> int:
+    """Sum of the proportional set size (Pss) over ``root`` and its descendants: pages shared by
+    several processes (forked writers, libraries) are split between them, not counted in each."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -73,19 +73,21 @@ def _tree_rss_bytes(root: int) -> int:
         except OSError:
             continue
         ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = int(match.group(1)) * 1024 if match else 0
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += int(re.search(r"^Pss:\s+(\d+) kB", rollup, re.M).group(1)) * 1024
+        except (OSError, AttributeError):
+            pass
         stack.extend(children.get(pid, []))
     return total
 
 
 def run_measured(command: list[str], log: Path) -> dict:
-    """Run under /usr/bin/time -v; returns wall seconds, max single-process RSS and peak tree RSS."""
+    """Run under /usr/bin/time -v; returns wall seconds, max single-process RSS and peak tree Pss."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     started = time.monotonic()
     with open(log, "w") as handle:
@@ -97,7 +99,7 @@ def run_measured(command: list[str], log: Path) -> dict:
         def sample() -> None:
             nonlocal peak_tree
             while not done.is_set():
-                peak_tree = max(peak_tree, _tree_rss_bytes(process.pid))
+                peak_tree = max(peak_tree, _tree_pss_bytes(process.pid))
                 time.sleep(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -111,7 +113,7 @@ def run_measured(command: list[str], log: Path) -> dict:
         raise SystemExit(f"{' '.join(command)} failed (exit {status}); see {log}")
     max_rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
     return {"wall_s": round(wall, 1), "max_process_rss_bytes": max_rss_kb * 1024,
-            "peak_tree_rss_bytes": peak_tree}
+            "peak_tree_pss_bytes": peak_tree}
 
 
 def main() -> int:
@@ -149,14 +151,14 @@ def main() -> int:
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"\n{results['date']}, {results['machine']}; checkpoint {size / GIB:.2f} GiB (bf16)\n")
-    print("| conversion | wall time | peak RSS, largest process | peak RSS, all processes |")
+    print("| conversion | wall time | peak RSS, largest process | peak Pss, all processes |")
     print("|---|---|---|---|")
     for label, key in (("hf-to-mcore TP2-PP2 (4 ranks)", "hf_to_mcore_tp2_pp2"),
                        ("mcore-to-hf (1 process)", "mcore_to_hf")):
         r = results[key]
         print(f"| {label} | {r['wall_s']:.0f} s | {r['max_process_rss_bytes'] / GIB:.2f} GiB "
               f"({100 * r['max_process_rss_bytes'] / size:.0f}%) | "
-              f"{r['peak_tree_rss_bytes'] / GIB:.2f} GiB ({100 * r['peak_tree_rss_bytes'] / size:.0f}%) |")
+              f"{r['peak_tree_pss_bytes'] / GIB:.2f} GiB ({100 * r['peak_tree_pss_bytes'] / size:.0f}%) |")
     if not args.keep:
         for name in ("hf", "mcore", "hf_out"):
             shutil.rmtree(work / name, ignore_errors=True)

@@ -180,13 +180,24 @@ def fill_region(sharded, m: TensorMapping, hf: HfCheckpoint, cfg: ModelConfig) -
         block[real.shape[0]:].zero_()  # vocabulary padding rows
 
 
-def fill_chunks(chunks, hf: HfCheckpoint, cfg: ModelConfig, show_progress: bool) -> None:
+def own_storage_for_views(targets) -> None:
+    """Give each ShardedTensor that views part of a parameter (the SwiGLU gate/up halves) a tensor of
+    its own. The saver would otherwise clone such views at save time, on top of the parameter; the
+    parameter, allocated uninitialised and never written, then costs no resident memory at all."""
+    for sharded in targets:
+        data = sharded.data
+        if data.untyped_storage().nbytes() != data.numel() * data.element_size():
+            sharded.data = torch.empty(data.shape, dtype=data.dtype)
+
+
+def fill_sharded_state(sharded_state: dict, hf: HfCheckpoint, cfg: ModelConfig,
+                       show_progress: bool) -> None:
+    """Fill every local tensor of ``sharded_state`` (factories applied) from the HF checkpoint."""
     from tqdm import tqdm
 
-    from megatron_cpt.checkpointing.dist_io import model_sharded_state_dict
-
     table = mapping_by_key(cfg)
-    targets = list(local_sharded_tensors(model_sharded_state_dict(chunks)))
+    targets = list(local_sharded_tensors(sharded_state))
+    own_storage_for_views(targets)
     for sharded in tqdm(targets, desc="filling rank 0's shard", unit="tensor", disable=not show_progress):
         m = table.get(sharded.key)
         if m is None:
@@ -202,16 +213,22 @@ def convert_this_rank(args: argparse.Namespace) -> int:
     from megatron_cpt.model.build import build_model
     from megatron_cpt.runtime.parallel import destroy_parallel, initialize_parallel
 
+    from megatron.core.dist_checkpointing.mapping import apply_factories
+
     hf, cfg, parallel = prepare(args)
     initialize_parallel(parallel, seed=0)
     rank0 = dist.get_rank() == 0
     chunks = build_model(cfg, parallel, initialize=False)
-    fill_chunks(chunks, hf, cfg, show_progress=rank0)
+    # The model's own sharded state, with factories built in place (as saving would do anyway), so
+    # the tensors filled here are the very ones written.
+    sharded_state = model_sharded_state_dict(chunks)
+    apply_factories(sharded_state)
+    fill_sharded_state(sharded_state, hf, cfg, show_progress=rank0)
     if rank0:
         print(f"hf-to-mcore: writing {args.out_dir} (tp={parallel.tp} pp={parallel.pp} "
               f"vpp={parallel.vpp} dtype={cfg.dtype})", flush=True)
-    save_dist_checkpoint(model_sharded_state_dict(chunks), args.out_dir,
-                         checkpoint_meta(hf, cfg, parallel))
+    save_dist_checkpoint(sharded_state, args.out_dir, checkpoint_meta(hf, cfg, parallel))
+    del sharded_state
     if rank0:
         print(f"hf-to-mcore: done: {args.out_dir}", flush=True)
     status = 0
