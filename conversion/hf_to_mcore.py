@@ -43,7 +43,7 @@ from megatron_cpt.conversion.llama import (IGNORED_HF_SUFFIXES, VOCAB, TensorMap
 from megatron_cpt.conversion.llama_config import model_config_from_hf
 
 WORKER_MODULE = "megatron_cpt.conversion.hf_to_mcore"
-VOCAB_BLOCK_BYTES = 64 * 2**20  # embedding/output rows are copied in blocks of this size
+VOCAB_BLOCK_BYTES = 16 * 2**20  # embedding/output rows are copied in blocks of this size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
