@@ -4,6 +4,7 @@
     megatron-cpt data train-tokenizer --input corpus --vocab-size 8000 --output tok
     megatron-cpt data prepare --input corpus/zh_poetry.jsonl --output-prefix data/zh_poetry \\
         --tokenizer sp:tok/tokenizer.model --workers 2
+    megatron-cpt data inspect-mix examples/demo_llama3_tiny_cpt_2xcpu.yaml --steps 200
 
 Heavy libraries (torch, megatron-core, tokenizer backends) are imported inside the verbs.
 """
@@ -11,6 +12,7 @@ Heavy libraries (torch, megatron-core, tokenizer backends) are imported inside t
 from __future__ import annotations
 
 import argparse
+import sys
 
 TXT_HELP = ("how a .txt file splits into documents: paragraph (blank-line separated, default), "
             "line (one per line) or file (one per file)")
@@ -23,6 +25,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     _register_prepare(sub)
     _register_train_tokenizer(sub)
     _register_demo_corpus(sub)
+    _register_inspect_mix(sub)
 
 
 def _register_prepare(sub: argparse._SubParsersAction) -> None:
@@ -105,3 +108,33 @@ def _run_demo_corpus(args: argparse.Namespace) -> int:
     from megatron_cpt.data.demo_corpus import build_demo_corpus
 
     return build_demo_corpus(args.out, max_docs=args.max_docs, require_all=args.require_all)
+
+
+def _register_inspect_mix(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect-mix",
+                       help="draw the first N steps' training samples; realized share per source")
+    p.add_argument("recipe", help="YAML recipe with a data section")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. data.mixture.almr=0.7 train.steps=1000")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="global batches to draw (default: train.steps)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--tolerance", type=float, default=None, metavar="T",
+                   help="exit 1 when a realized share is off its request by more than T "
+                        "(a fraction: 0.005 = half a percentage point)")
+    p.set_defaults(func=_run_inspect_mix)
+
+
+def _run_inspect_mix(args: argparse.Namespace) -> int:
+    import json
+
+    from megatron_cpt.config.recipe import load_recipe
+    from megatron_cpt.data.inspect_mix import inspect_mix
+
+    report = inspect_mix(load_recipe(args.recipe, args.overrides), steps=args.steps)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
+    if args.tolerance is not None and report.max_deviation > args.tolerance:
+        print(f"megatron-cpt data: a realized share is {report.max_deviation:.4f} off its "
+              f"request (tolerance {args.tolerance})", file=sys.stderr)
+        return 1
+    return 0

@@ -1,5 +1,6 @@
 """Training and validation datasets: megatron-core ``GPTDataset`` over indexed ``.bin/.idx`` files,
-blended by ``BlendedMegatronDatasetBuilder``, and the micro-batches each rank reads from them.
+blended by ``BlendedMegatronDatasetBuilder`` with the weights of the resolved mixture, one
+validation set per source, and the micro-batches each rank reads from them.
 
 The order of samples is a pure function of (recipe, seed, consumed samples): a resumed run reads
 exactly the samples an uninterrupted run would have read.
@@ -7,14 +8,15 @@ exactly the samples an uninterrupted run would have read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import hashlib
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import torch
 
 from megatron_cpt.config.data import DataConfig
 from megatron_cpt.config.train import TrainConfig
+from megatron_cpt.data.mixture import MixturePlan, resolve_mixture
 
 
 @dataclass
@@ -30,22 +32,23 @@ class SpecialTokens:
         return {"eod": self.eod, "vocab_size": self.vocab_size}
 
 
-def check_dataset_files(paths: list[str], field: str = "data.paths") -> None:
-    for prefix in paths:
-        for suffix in (".bin", ".idx"):
-            if not Path(prefix + suffix).is_file():
-                raise FileNotFoundError(f"{field}: '{prefix}{suffix}' does not exist")
+@dataclass
+class TrainingData:
+    plan: MixturePlan
+    train: object  # BlendedDataset, or GPTDataset for a single source
+    valid: Optional[object]  # the blend's validation split
+    valid_by_source: dict[str, object] = field(default_factory=dict)
 
 
-def gpt_dataset_config(data: DataConfig, train: TrainConfig, vocab_size: int, blend, split,
-                       cache_dir: Optional[str]):
+def gpt_dataset_config(data: DataConfig, train: TrainConfig, vocab_size: int, blend,
+                       cache_dir: Optional[str], with_validation: bool):
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
-    return GPTDatasetConfig(
+    config = GPTDatasetConfig(
         random_seed=train.seed,
         sequence_length=train.seq_length,
         blend=blend,
-        split=split,
+        split=data.split,
         path_to_cache=cache_dir,
         tokenizer=SpecialTokens(eod=data.eod_token_id, vocab_size=vocab_size),
         reset_position_ids=False,
@@ -55,26 +58,75 @@ def gpt_dataset_config(data: DataConfig, train: TrainConfig, vocab_size: int, bl
         create_attention_mask=False,
         mid_level_dataset_surplus=0.005,
     )
+    # The test part of the split is held out and never read: building it costs time, and an empty
+    # part would make megatron-core look for tokens forever. Same for validation when it is off.
+    train_range, valid_range, _ = config.split_matrix
+    config.split_matrix = [train_range, valid_range if with_validation else None, None]
+    return config
+
+
+def build_training_data(data: DataConfig, train: TrainConfig, vocab_size: int,
+                        num_train_samples: int, num_valid_samples: int,
+                        cache_dir: Optional[str] = None,
+                        plan: Optional[MixturePlan] = None) -> TrainingData:
+    """The blended training set, its validation split and one validation set per source, each
+    of ``num_valid_samples`` (none when 0). Collective when torch.distributed is up."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    with_validation = num_valid_samples > 0
+    plan = plan or resolve_mixture(data, train, vocab_size, with_validation)
+    config = gpt_dataset_config(data, train, vocab_size, plan.blend(), data.cache_dir or cache_dir,
+                                with_validation)
+    # Sizes must be numbers for a weighted blend; 0 for the parts that are not built.
+    sizes = [num_train_samples, num_valid_samples, 0]
+    train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, sizes, lambda: True, config).build()
+    result = TrainingData(plan=plan, train=train_ds, valid=valid_ds)
+    if with_validation:
+        for source in plan.sources:
+            result.valid_by_source[source.name] = build_source_validation_set(
+                source.prefix, config, num_valid_samples)
+    return result
+
+
+def build_source_validation_set(prefix: str, config, num_samples: int):
+    """The validation part of one source as its own GPTDataset: the same documents the blend's
+    validation split takes from it (megatron-core's split arithmetic), so none is trained on."""
+    import numpy
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+    from megatron.core.datasets.utils import Split
+
+    low_level = GPTDataset.build_low_level_dataset(prefix, config)
+    documents = GPTDataset.numel_low_level_dataset(low_level)
+    begin, end = config.split_matrix[Split.valid.value]
+    indices = numpy.arange(int(round(begin * documents)), int(round(end * documents)),
+                           dtype=numpy.int32)
+    return BlendedMegatronDatasetBuilder.build_generic_dataset(
+        GPTDataset, lambda: True, True, low_level, prefix, indices, num_samples, Split.valid,
+        config)
 
 
 def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, num_train_samples: int,
                    num_valid_samples: int, cache_dir: Optional[str] = None):
     """Returns (train_dataset, valid_dataset or None). Collective when torch.distributed is up."""
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset
-
-    check_dataset_files(data.paths)
-    blend = (list(data.paths), list(data.weights) if data.weights is not None else None)
-    config = gpt_dataset_config(data, train, vocab_size, blend, data.split,
-                                data.cache_dir or cache_dir)
-    sizes = [num_train_samples, num_valid_samples if num_valid_samples > 0 else None, None]
-    train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(
-        GPTDataset, sizes, lambda: True, config).build()
-    return train_ds, valid_ds
+    built = build_training_data(data, train, vocab_size, num_train_samples, num_valid_samples,
+                                cache_dir)
+    return built.train, built.valid
 
 
 def global_batch_indices(consumed_samples: int, global_batch_size: int) -> range:
     return range(consumed_samples, consumed_samples + global_batch_size)
+
+
+def global_batch_digest(dataset, consumed_samples: int, global_batch_size: int) -> str:
+    """A short hash of the token ids of the global batch that starts at ``consumed_samples``: the
+    same in every layout, so runs (and a resumed run) can be compared step by step."""
+    digest = hashlib.blake2b(digest_size=8)
+    for index in global_batch_indices(consumed_samples, global_batch_size):
+        digest.update(dataset[index]["tokens"].numpy().tobytes())
+    return digest.hexdigest()
 
 
 def microbatches(dataset, consumed_samples: int, train: TrainConfig, dp_rank: int, dp_size: int

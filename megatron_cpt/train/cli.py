@@ -22,9 +22,13 @@ def register(verbs) -> None:
 
 def run(args) -> int:
     from megatron_cpt.config.recipe import load_recipe
+    from megatron_cpt.data.mixture import resolve_mixture
     from megatron_cpt.launch.local import inside_distributed_job, run_local
 
     recipe = load_recipe(args.recipe, args.overrides)  # errors name the field; nothing written yet
+    # The data files too (present, non-empty, ids match the model) before any rank or run dir.
+    resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
+                    with_validation=recipe.train.eval_interval > 0)
     if inside_distributed_job():
         from megatron_cpt.train.worker import train_this_rank
 

@@ -52,7 +52,8 @@ def run_training(recipe: Recipe) -> TrainOutcome:
     from megatron.core.distributed import finalize_model_grads
 
     from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
-    from megatron_cpt.data.datasets import build_datasets, microbatches
+    from megatron_cpt.data.datasets import (build_training_data, global_batch_digest,
+                                            microbatches)
     from megatron_cpt.model.build import build_model
     from megatron_cpt.runtime.parallel import (build_optimizer, initialize_parallel,
                                                wrap_with_ddp)
@@ -61,7 +62,8 @@ def run_training(recipe: Recipe) -> TrainOutcome:
                                                save_training_checkpoint)
     from megatron_cpt.train.metrics import MetricsWriter
     from megatron_cpt.train.schedule import build_scheduler, current_lr
-    from megatron_cpt.train.step import evaluate, train_step
+    from megatron_cpt.train.evaluation import evaluate_validation_sets, validation_samples
+    from megatron_cpt.train.step import train_step
 
     cfg = recipe
     # 1. Process groups and seeds.
@@ -96,14 +98,15 @@ def run_training(recipe: Recipe) -> TrainOutcome:
         optimizer.reload_model_params()
         _log(f"initial weights from {cfg.checkpoint.pretrained}")
 
-    # 4. Data: enough samples for every step of the run (and evaluation).
-    eval_samples = 0
-    if cfg.train.eval_interval:
-        evals = cfg.train.steps // cfg.train.eval_interval + 1
-        eval_samples = evals * cfg.train.eval_steps * cfg.train.global_batch_size
-    train_ds, valid_ds = build_datasets(cfg.data, cfg.train, cfg.model.vocab_size,
-                                        cfg.train.steps * cfg.train.global_batch_size,
-                                        eval_samples, cache_dir=str(run_dir / "data_cache"))
+    # 4. Data: the mixture, enough samples for every step of the run, validation sets.
+    data = build_training_data(cfg.data, cfg.train, cfg.model.vocab_size,
+                               cfg.train.steps * cfg.train.global_batch_size,
+                               validation_samples(cfg), cache_dir=str(run_dir / "data_cache"))
+    train_ds = data.train
+    if _is_logging_rank():
+        _log(data.plan.format_table())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "mixture.json").write_text(json.dumps(data.plan.to_dict(), indent=2))
 
     metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=_is_logging_rank())
     if _is_logging_rank():
@@ -118,6 +121,9 @@ def run_training(recipe: Recipe) -> TrainOutcome:
         final_step = cfg.train.stop_at_step or cfg.train.steps
         while progress.step < final_step:
             start = time.perf_counter()
+            # Which samples this step trains on, comparable across layouts and resumes.
+            digest = (global_batch_digest(train_ds, progress.consumed_samples, gbs)
+                      if _is_logging_rank() else None)
             batches = microbatches(train_ds, progress.consumed_samples, cfg.train, dp_rank, dp_size)
             result = train_step(model, optimizer, scheduler, batches, num_micro, seq,
                                 cfg.train.micro_batch_size,
@@ -141,10 +147,11 @@ def run_training(recipe: Recipe) -> TrainOutcome:
             values = {"loss": result.loss, "lr": current_lr(optimizer),
                       "grad_norm": result.grad_norm, "tokens": result.tokens,
                       "consumed_samples": progress.consumed_samples, "step_time_s": elapsed,
-                      "tokens_per_s": result.tokens / elapsed if elapsed > 0 else None}
-            if cfg.train.eval_interval and progress.step % cfg.train.eval_interval == 0 and valid_ds:
-                values["val_loss"] = _evaluate(model, valid_ds, cfg, progress.step, dp_rank,
-                                               dp_size, num_micro, evaluate, microbatches)
+                      "tokens_per_s": result.tokens / elapsed if elapsed > 0 else None,
+                      "batch_digest": digest}
+            if cfg.train.eval_interval and progress.step % cfg.train.eval_interval == 0:
+                values.update(evaluate_validation_sets(model, data, cfg, dp_rank, dp_size,
+                                                       num_micro))
             metrics.write(progress.step, values)
             if progress.step % cfg.logging.log_interval == 0:
                 _log(f"step {progress.step}/{cfg.train.steps} loss {result.loss:.4f} "
@@ -162,15 +169,6 @@ def run_training(recipe: Recipe) -> TrainOutcome:
     finally:
         metrics.close()
     return TrainOutcome(progress.step, last_loss, str(last_saved) if last_saved else None)
-
-
-def _evaluate(model, valid_ds, cfg: Recipe, step: int, dp_rank: int, dp_size: int, num_micro: int,
-              evaluate, microbatches) -> float:
-    gbs = cfg.train.global_batch_size
-    # A fixed window of the validation set, so every evaluation measures the same samples.
-    streams = [microbatches(valid_ds, i * gbs, cfg.train, dp_rank, dp_size)
-               for i in range(cfg.train.eval_steps)]
-    return evaluate(model, streams, num_micro, cfg.train.seq_length, cfg.train.micro_batch_size)
 
 
 def _log(message: str) -> None:
