@@ -6,6 +6,7 @@ import os
 
 def main() -> None:
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
     import dataclasses
 
     import torch
