@@ -54,8 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vpp", type=int, default=None, help="virtual pipeline stages per rank")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                         help="checkpoint dtype (default: the config's torch_dtype, else bf16)")
-    parser.add_argument("--vocab-divisor", type=int, default=128,
-                        help="pad the vocabulary to a multiple of this times TP (default 128)")
+    default_divisor = ModelConfig().make_vocab_size_divisible_by
+    parser.add_argument("--vocab-divisor", type=int, default=default_divisor,
+                        help=f"pad the vocabulary to a multiple of this times TP (default "
+                             f"{default_divisor}, as model.make_vocab_size_divisible_by)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out-dir")
     parser.add_argument("--verify", action="store_true",
                         help="then load the result on the same ranks and compare its logits with "

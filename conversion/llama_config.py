@@ -58,7 +58,7 @@ def hf_dtype_name(config: dict) -> Optional[str]:
 
 
 def model_config_from_hf(config: dict, *, where: str, dtype: Optional[str] = None,
-                         vocab_divisor: int = 128) -> ModelConfig:
+                         vocab_divisor: Optional[int] = None) -> ModelConfig:
     """ModelConfig of a Hugging Face Llama ``config.json``; errors name the field."""
     architectures = config.get("architectures") or []
     if list(architectures) != ["LlamaForCausalLM"]:
@@ -88,7 +88,7 @@ def model_config_from_hf(config: dict, *, where: str, dtype: Optional[str] = Non
         rope_scaling=rope,
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        make_vocab_size_divisible_by=vocab_divisor,
+        make_vocab_size_divisible_by=vocab_divisor or ModelConfig().make_vocab_size_divisible_by,
         dtype=dtype or hf_dtype_name(config) or "bf16",
     )
     try:

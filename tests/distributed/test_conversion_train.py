@@ -65,7 +65,8 @@ def test_first_step_loss_from_converted_weights_equals_hf_loss(tmp_path):
         "logging.tensorboard=false",
         # megatron-core's cross entropy runs over the padded vocabulary, where zero rows give
         # logit 0; the HF loss has no such rows. A divisor that pads 1000 to 1000 at TP2 compares
-        # like with like (the checkpoint itself holds 1024 rows: loading drops the extra ones).
+        # like with like (the checkpoint, converted at PP2 with the default divisor 16, holds 1008
+        # rows: loading drops the extra ones).
         "model.make_vocab_size_divisible_by=4",
     ]
     result = run_cli("train", str(RECIPE), *overrides)
