@@ -61,8 +61,10 @@ class MixReport:
                  f"trained-on tokens (planned run: {self.plan.planned_tokens:,} tokens)",
                  f"  {'':<24} {'requested':>9} {'expected':>9} {'realized':>9} {'tokens':>12}"
                  f" {'epochs':>7}"]
-        for title, rows in (("source", self.sources), ("language", self.languages),
-                            ("group", self.groups)):
+        sections = [("source", self.sources), ("language", self.languages)]
+        if [(r.name, r.tokens) for r in self.groups] != [(r.name, r.tokens) for r in self.languages]:
+            sections.append(("group", self.groups))
+        for title, rows in sections:
             for row in rows:
                 epoch = f"{epochs[row.name]:>7.2f}" if title == "source" else ""
                 lines.append(f"  {title + ' ' + row.name:<24} {row.requested:>9.2%} "

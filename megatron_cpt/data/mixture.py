@@ -108,6 +108,8 @@ def count_tokens(prefix: str, where: str) -> "list[int]":
     for suffix in (".bin", ".idx"):
         if not Path(prefix + suffix).is_file():
             raise FileNotFoundError(f"{where}: '{prefix}{suffix}' does not exist")
+    if Path(prefix + ".bin").stat().st_size == 0:  # nothing to map: no tokens
+        raise ConfigError(f"{where}: '{prefix}.bin' is empty: the source holds 0 tokens")
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     try:
