@@ -27,5 +27,9 @@ test-distributed: $(VENV)/.installed
 demo: $(VENV)/.installed
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh
 
+bench: $(VENV)/.installed
+	$(PY) bench/prepare_bench.py
+	$(PY) bench/convert_bench.py
+
 clean:
 	rm -rf runs outputs .pytest_cache

@@ -1,4 +1,4 @@
-"""The ``megatron-cpt`` command: one verb per stage of a CPT job.
+"""The megatron-cpt command: one verb per stage of a CPT job.
 
     megatron-cpt train examples/llama3_tiny_cpt_2xcpu.yaml train.steps=20
     megatron-cpt convert hf-to-mcore --hf-dir HF --out-dir CKPT --tp 2 --pp 2
@@ -14,31 +14,28 @@ import argparse
 import importlib
 import sys
 
-VERB_MODULES = (
-    "megatron_cpt.data.cli",
-    "megatron_cpt.train.cli",
-    "megatron_cpt.conversion.cli",
-    "megatron_cpt.launch.cli",
-    "megatron_cpt.profile.cli",
-    "megatron_cpt.almr.cli",
-)
+# verb -> (module with register(subparsers), one-line help). Only the chosen verb's module is
+# imported, so `megatron-cpt data ...` does not pay for torch and megatron-core imports it never uses.
+VERBS = {
+    "data": ("megatron_cpt.data.cli", "corpora, tokenizers, indexed datasets and ALMR mixtures"),
+    "train": ("megatron_cpt.train.cli", "train (continual pre-training) from a recipe"),
+    "convert": ("megatron_cpt.conversion.cli", "Hugging Face <-> megatron-core checkpoints"),
+}
 
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2, no traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The full parser of ``verb``; for any other verb only its name and help line."""
     parser = argparse.ArgumentParser(prog="megatron-cpt", description=__doc__.split("\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # verb not part of this build
-                continue
-            raise
-        module.register(verbs)
+    for name, (module_name, help_line) in VERBS.items():
+        if name == verb:
+            importlib.import_module(module_name).register(verbs)
+        else:
+            verbs.add_parser(name, help=help_line)
     return parser
 
 
@@ -50,7 +47,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(verb if verb in VERBS else None).parse_args(argv)
     try:
         result = args.func(args)
     except _user_error_types() as exc:
