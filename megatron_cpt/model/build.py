@@ -14,6 +14,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_cpt.config.model import ModelConfig, RopeScalingConfig, padded_vocab_size
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.model.specs import build_layer_spec, resolve_attention_backend
+from megatron_cpt.model.vocab_padding import mask_padded_logits
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -124,6 +125,7 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, initialize: boo
             rope_scaling_factor=model.rope_scaling.factor if model.rope_scaling else 8.0,
             vp_stage=stage,
         )
+        mask_padded_logits(chunk, model.vocab_size, vocab)
         if not on_cpu:
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
