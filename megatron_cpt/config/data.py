@@ -143,6 +143,9 @@ class DataConfig:
     # sets come from the valid part; the test part is held out and never read.
     split: str = "98,1,1"
     cache_dir: Optional[str] = None
+    # Log a hash of each step's global batch (metrics.jsonl batch_digest) to compare runs and
+    # resumes; re-reads the batch on one rank (about 0.2 s for 256 x 8192 tokens on a CPU core).
+    batch_digest: bool = True
 
     def validate(self) -> None:
         if self.mixture is not None:

@@ -123,7 +123,7 @@ def run_training(recipe: Recipe) -> TrainOutcome:
             start = time.perf_counter()
             # Which samples this step trains on, comparable across layouts and resumes.
             digest = (global_batch_digest(train_ds, progress.consumed_samples, gbs)
-                      if _is_logging_rank() else None)
+                      if cfg.data.batch_digest and _is_logging_rank() else None)
             batches = microbatches(train_ds, progress.consumed_samples, cfg.train, dp_rank, dp_size)
             result = train_step(model, optimizer, scheduler, batches, num_micro, seq,
                                 cfg.train.micro_batch_size,
