@@ -2,7 +2,7 @@
 share and number of epochs each source will get from the planned token budget.
 
     plan = resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size)
-    print(plan.format_table())
+    print(plan.format_table())   # requested and expected share, epochs, repeat warnings
 
 Every training sample is ``train.seq_length`` tokens (plus the one-token label shift) cut from the
 concatenated documents of one source, so a source's share of samples is its share of tokens, and
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -33,7 +32,7 @@ class SourcePlan:
     language: str
     domain: Optional[str]
     group: str  # the additional language or a remainder key ("-" for untagged paths)
-    field: str  # recipe field naming its prefix, for messages
+    recipe_field: str  # the recipe field naming its prefix, for messages
     documents: int
     tokens: int  # all documents, end-of-document tokens included
     train_tokens: int  # documents of the training split
@@ -156,7 +155,8 @@ def resolve_mixture(data: DataConfig, train: TrainConfig, vocab_size: Optional[i
         v_begin, v_end = split_document_range(len(lengths), fractions, 1)
         plan = SourcePlan(
             name=source.display_name, prefix=source.prefix, language=source.language,
-            domain=source.domain, field=where, documents=len(lengths), tokens=int(lengths.sum()),
+            domain=source.domain, recipe_field=where, documents=len(lengths),
+            tokens=int(lengths.sum()),
             train_tokens=int(lengths[begin:end].sum()), valid_documents=v_end - v_begin,
             group=(mixture.group_of(source) or "-") if mixture else "-", requested_share=0.0)
         if plan.tokens == 0:
@@ -224,7 +224,3 @@ def _plan_samples(plan: MixturePlan) -> None:
                 f"{source.name} will be repeated: {source.epochs:.2f} epochs of its "
                 f"{source.train_tokens:,} training tokens for {source.expected_share:.2%} of "
                 f"{plan.planned_tokens:,} planned tokens")
-
-
-def print_plan(plan: MixturePlan, stream=None) -> None:
-    print(plan.format_table(), file=stream or sys.stdout, flush=True)

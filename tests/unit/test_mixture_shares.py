@@ -77,7 +77,7 @@ def test_repeated_source_is_warned_not_refused(sources):
 
 
 def test_zero_share_source_is_left_out_of_the_blend(sources):
-    report = inspect_mix(_recipe(sources, 0.0, [f"train.steps=50"]))
+    report = inspect_mix(_recipe(sources, 0.0, ["train.steps=50"]))
     rows = {row.name: row for row in report.sources}
     assert rows["zh_web"].tokens == rows["zh_poetry"].tokens == 0
     assert [s.name for s in report.plan.training_sources] == ["en_web", "code", "math"]
