@@ -74,4 +74,6 @@ def load_global_tensors(ckpt_dir: str | Path, metadata: dict, keys: list[str],
     # Reading one layer of a stacked tensor is a partial access by design: skip the check that the
     # requests of all ranks together cover every tensor.
     loaded = dist_checkpointing.load(requests, str(ckpt_dir), validate_access_integrity=False)
-    return {key: tensor[0] if layer is not None else tensor for key, tensor in loaded.items()}
+    # The result also holds the checkpoint's common state (a training checkpoint's scheduler and
+    # progress): keep the requested tensors only.
+    return {key: loaded[key][0] if layer is not None else loaded[key] for key in requests}

@@ -34,6 +34,15 @@ def test_tiny_recipe_trains_on_two_ranks(byte_data, tmp_path):
     assert (ckpt / "step_000010" / "megatron_cpt.json").is_file()
     assert (run_dir / "recipe.resolved.json").is_file()
 
+    # The trained checkpoint (model + optimizer + scheduler state) exports to Hugging Face, and
+    # transformers' model computes our logits from it.
+    hf_dir = tmp_path / "hf"
+    run_cli(["convert", "mcore-to-hf", "--ckpt-dir", str(ckpt / "step_000020"), "--out-dir", str(hf_dir)])
+    verified = run_cli(["convert", "verify", "--hf-dir", str(hf_dir), "--ckpt-dir",
+                        str(ckpt / "step_000020"), "--tp", "2"])
+    diff = float(verified.stdout.split("max_abs_diff=")[1].split()[0])
+    assert diff < 1e-4, verified.stdout
+
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nonfinite_loss_policy(byte_data, tmp_path, policy):
