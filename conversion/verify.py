@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from functools import partial
 
 import torch
 
