@@ -94,13 +94,17 @@ def load_dist_checkpoint(sharded_state: dict, directory: str | Path) -> dict:
     return dist_checkpointing.load(sharded_state, str(directory))
 
 
-def load_model_weights(chunks, directory: str | Path) -> None:
-    """Load model tensors only (initial weights); optimizer state, if present, is ignored."""
-    state = load_dist_checkpoint(model_sharded_state_dict(chunks), directory)
+def apply_model_state(chunks, loaded: dict) -> None:
+    """Copy the model part of a loaded checkpoint (see ``model_sharded_state_dict``) into chunks."""
     modules = [getattr(c, "module", c) for c in chunks]
     for index, module in enumerate(modules):
         key = "model" if len(modules) == 1 else f"model{index}"
-        module.load_state_dict(state[key], strict=True)
+        module.load_state_dict(loaded[key], strict=True)
+
+
+def load_model_weights(chunks, directory: str | Path) -> None:
+    """Load model tensors only (initial weights); optimizer state, if present, is ignored."""
+    apply_model_state(chunks, load_dist_checkpoint(model_sharded_state_dict(chunks), directory))
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from megatron_cpt.checkpointing.dist_io import (CheckpointError, is_complete,
+from megatron_cpt.checkpointing.dist_io import (CheckpointError, apply_model_state, is_complete,
                                                load_dist_checkpoint, model_sharded_state_dict,
                                                read_meta, save_dist_checkpoint)
 from megatron_cpt.config.model import ModelConfig
@@ -149,12 +149,8 @@ def load_training_checkpoint(path: Path, model_chunks, optimizer, scheduler, mod
     same_layout = (saved.get("tp"), saved.get("pp"), saved.get("vpp")) == (
         parallel.tp, parallel.pp, parallel.vpp) and meta.get("world_size") == dist.get_world_size()
     request = _training_state(model_chunks, optimizer, include_rng=same_layout, is_loading=True)
-    request["scheduler"] = None
-    request["progress"] = None
     loaded = load_dist_checkpoint(request, path)
-    modules = [getattr(c, "module", c) for c in model_chunks]
-    for index, module in enumerate(modules):
-        module.load_state_dict(loaded["model" if len(modules) == 1 else f"model{index}"])
+    apply_model_state(model_chunks, loaded)
     optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     if same_layout:
