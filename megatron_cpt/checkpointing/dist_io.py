@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 META_FILE = "megatron_cpt.json"
@@ -106,6 +105,3 @@ def load_model_weights(chunks, directory: str | Path) -> None:
     """Load model tensors only (initial weights); optimizer state, if present, is ignored."""
     apply_model_state(chunks, load_dist_checkpoint(model_sharded_state_dict(chunks), directory))
 
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -108,23 +108,11 @@ def build_source_validation_set(prefix: str, config, num_samples: int):
         config)
 
 
-def build_datasets(data: DataConfig, train: TrainConfig, vocab_size: int, num_train_samples: int,
-                   num_valid_samples: int, cache_dir: Optional[str] = None):
-    """Returns (train_dataset, valid_dataset or None). Collective when torch.distributed is up."""
-    built = build_training_data(data, train, vocab_size, num_train_samples, num_valid_samples,
-                                cache_dir)
-    return built.train, built.valid
-
-
-def global_batch_indices(consumed_samples: int, global_batch_size: int) -> range:
-    return range(consumed_samples, consumed_samples + global_batch_size)
-
-
 def global_batch_digest(dataset, consumed_samples: int, global_batch_size: int) -> str:
     """A short hash of the token ids of the global batch that starts at ``consumed_samples``: the
     same in every layout, so runs (and a resumed run) can be compared step by step."""
     digest = hashlib.blake2b(digest_size=8)
-    for index in global_batch_indices(consumed_samples, global_batch_size):
+    for index in range(consumed_samples, consumed_samples + global_batch_size):
         digest.update(dataset[index]["tokens"].numpy().tobytes())
     return digest.hexdigest()
 

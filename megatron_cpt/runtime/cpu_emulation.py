@@ -41,10 +41,6 @@ _FACTORIES = (
 _active = False
 
 
-def is_active() -> bool:
-    return _active
-
-
 def _to_cpu_device(device):
     if device is None:
         return None

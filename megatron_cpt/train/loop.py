@@ -171,5 +171,5 @@ def run_training(recipe: Recipe) -> TrainOutcome:
 
 
 def _log(message: str) -> None:
-    if dist.get_rank() == dist.get_world_size() - 1:
+    if _is_logging_rank():
         print(f"[megatron-cpt] {message}", flush=True)

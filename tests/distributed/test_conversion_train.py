@@ -20,13 +20,13 @@ RECIPE = REPO_ROOT / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
 def _first_global_batch(overrides: list[str], run_dir: Path) -> list[dict[str, torch.Tensor]]:
     """The samples of step 1, rebuilt from the run's dataset cache exactly as the trainer reads them."""
     from megatron_cpt.config.recipe import load_recipe
-    from megatron_cpt.data.datasets import build_datasets
+    from megatron_cpt.data.datasets import build_training_data
 
     recipe = load_recipe(str(RECIPE), overrides)
     train = recipe.train
-    train_ds, _ = build_datasets(recipe.data, train, recipe.model.vocab_size,
-                                 train.steps * train.global_batch_size, 0,
-                                 cache_dir=str(run_dir / "data_cache"))
+    train_ds = build_training_data(recipe.data, train, recipe.model.vocab_size,
+                                   train.steps * train.global_batch_size, 0,
+                                   cache_dir=str(run_dir / "data_cache")).train
     return [train_ds[i] for i in range(train.global_batch_size)]
 
 
