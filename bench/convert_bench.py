@@ -32,7 +32,7 @@ from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.conversion.hf_io import ShardedSafetensorsWriter, parse_size, write_json
 from megatron_cpt.conversion.llama import hf_shapes
 from megatron_cpt.conversion.llama_config import hf_config_from_model
-from megatron_cpt.model.presets import preset_fields
+from megatron_cpt.config.presets import preset_fields
 
 GIB = 2**30
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from megatron_cpt.checkpointing.dist_io import CheckpointError
-from megatron_cpt.config.loader import ConfigError
+from megatron_cpt.errors import CheckpointError
+from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.model import ModelConfig, padded_vocab_size
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.conversion.hf_io import HfCheckpoint

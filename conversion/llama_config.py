@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from megatron_cpt.config.loader import ConfigError
+from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.model import ModelConfig, RopeScalingConfig
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)

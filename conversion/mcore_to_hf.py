@@ -24,8 +24,10 @@ from typing import Optional
 
 import torch
 
-from megatron_cpt.checkpointing.dist_io import CheckpointError, read_meta
-from megatron_cpt.config.loader import ConfigError, build_dataclass
+from megatron_cpt.checkpointing.dist_io import read_meta
+from megatron_cpt.errors import CheckpointError
+from megatron_cpt.config.loader import build_dataclass
+from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.conversion.hf_io import (ShardedSafetensorsWriter, copy_tokenizer_files, parse_size,
                                            write_json)

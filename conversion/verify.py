@@ -22,7 +22,8 @@ import sys
 import torch
 
 from megatron_cpt.checkpointing.dist_io import read_meta
-from megatron_cpt.config.loader import ConfigError, build_dataclass
+from megatron_cpt.config.loader import build_dataclass
+from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
 

@@ -14,6 +14,8 @@ import argparse
 import importlib
 import sys
 
+from megatron_cpt.errors import UserError
+
 # verb -> (module with register(subparsers), one-line help). Only the chosen verb's module is
 # imported, so `megatron-cpt data ...` does not pay for torch and megatron-core imports it never uses.
 VERBS = {
@@ -21,10 +23,6 @@ VERBS = {
     "train": ("megatron_cpt.train.cli", "train (continual pre-training) from a recipe"),
     "convert": ("megatron_cpt.conversion.cli", "Hugging Face <-> megatron-core checkpoints"),
 }
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
@@ -39,20 +37,13 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from megatron_cpt.checkpointing.dist_io import CheckpointError
-    from megatron_cpt.config.loader import ConfigError
-
-    return (UserError, ConfigError, CheckpointError, FileNotFoundError, FileExistsError)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(verb if verb in VERBS else None).parse_args(argv)
     try:
         result = args.func(args)
-    except _user_error_types() as exc:
+    except (UserError, FileNotFoundError, FileExistsError) as exc:
         print(f"megatron-cpt {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)

@@ -15,12 +15,10 @@ from typing import Any
 
 import torch.distributed as dist
 
+from megatron_cpt.errors import CheckpointError
+
 META_FILE = "megatron_cpt.json"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, incomplete, or does not fit the model."""
 
 
 def _rank() -> int:

@@ -3,7 +3,7 @@
 from megatron_cpt.config.checkpoint import CheckpointConfig
 from megatron_cpt.config.data import DataConfig
 from megatron_cpt.config.launch import LaunchConfig
-from megatron_cpt.config.loader import ConfigError
+from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.logs import LoggingConfig
 from megatron_cpt.config.model import Fp8Config, ModelConfig, RopeScalingConfig
 from megatron_cpt.config.optim import OptimConfig, ScheduleConfig

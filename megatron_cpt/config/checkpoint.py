@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron_cpt.config.loader import ConfigError
+from megatron_cpt.errors import ConfigError
 
 
 @dataclass

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from megatron_cpt.config.loader import ConfigError
+from megatron_cpt.errors import ConfigError
 
 # Source names become metric names (val_loss/<name>) and TensorBoard tags.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")

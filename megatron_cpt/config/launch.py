@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron_cpt.config.loader import ConfigError
+from megatron_cpt.errors import ConfigError
 
 
 @dataclass

@@ -13,9 +13,7 @@ from typing import Any, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A recipe field is missing, unknown, mistyped or inconsistent; the message names it."""
+from megatron_cpt.errors import ConfigError
 
 
 def parse_override(text: str) -> tuple[str, Any]:

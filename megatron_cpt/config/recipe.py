@@ -11,13 +11,14 @@ from pathlib import Path
 from megatron_cpt.config.checkpoint import CheckpointConfig
 from megatron_cpt.config.data import DataConfig
 from megatron_cpt.config.launch import LaunchConfig
-from megatron_cpt.config.loader import (ConfigError, apply_overrides, build_dataclass, read_yaml,
-                                        to_dict)
+from megatron_cpt.config.loader import apply_overrides, build_dataclass, read_yaml, to_dict
 from megatron_cpt.config.logs import LoggingConfig
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.optim import OptimConfig
 from megatron_cpt.config.parallel import ParallelConfig
+from megatron_cpt.config.presets import preset_fields
 from megatron_cpt.config.train import TrainConfig
+from megatron_cpt.errors import ConfigError
 
 
 @dataclass
@@ -68,8 +69,6 @@ class Recipe:
 
 
 def recipe_from_dict(tree: dict) -> Recipe:
-    from megatron_cpt.model.presets import preset_fields
-
     tree = dict(tree)
     model = tree.get("model") or {}
     if not isinstance(model, dict):

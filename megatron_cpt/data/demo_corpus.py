@@ -16,7 +16,7 @@ import platform
 import sys
 from pathlib import Path
 
-from megatron_cpt.cli import UserError
+from megatron_cpt.errors import UserError
 from megatron_cpt.data.demo_sources import DEMO_SOURCES, DPKG_INFO, DemoSource, source_files
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from megatron_cpt.cli import UserError
+from megatron_cpt.errors import UserError
 
 TXT_MODES = ("paragraph", "line", "file")
 _SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}

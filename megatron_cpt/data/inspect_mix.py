@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from megatron_cpt.config.loader import ConfigError
+from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.recipe import Recipe
 from megatron_cpt.data.mixture import MixturePlan, resolve_mixture
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from megatron_cpt.config.data import DataConfig, SourceConfig
-from megatron_cpt.config.loader import ConfigError
+from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.train import TrainConfig
 
 

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from megatron_cpt.cli import UserError
+from megatron_cpt.errors import UserError
 from megatron_cpt.data.documents import (InputFile, RawChunk, decode_record, find_input_files,
                                          read_raw_chunks)
 from megatron_cpt.data.tokenizers import Tokenizer, load_tokenizer

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from megatron_cpt.cli import UserError
+from megatron_cpt.errors import UserError
 
 EOD_TEXT = "<|end_of_text|>"
 SPEC_FORMS = "hf:DIR, tiktoken:NAME, tiktoken:FILE.tiktoken, sp:FILE.model"

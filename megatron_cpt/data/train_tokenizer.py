@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from megatron_cpt.cli import UserError
+from megatron_cpt.errors import UserError
 from megatron_cpt.data.documents import decode_record, find_input_files, read_raw_chunks
 from megatron_cpt.data.tokenizers import EOD_TEXT, load_tokenizer
 

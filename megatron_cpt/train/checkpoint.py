@@ -24,11 +24,12 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from megatron_cpt.checkpointing.dist_io import (CheckpointError, apply_model_state, is_complete,
+from megatron_cpt.checkpointing.dist_io import (apply_model_state, is_complete,
                                                load_dist_checkpoint, model_sharded_state_dict,
                                                read_meta, save_dist_checkpoint)
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
+from megatron_cpt.errors import CheckpointError
 from megatron_cpt.runtime.mcore_compat import materialize_adam_state
 
 LATEST = "latest"

@@ -34,7 +34,7 @@ def run(args) -> int:
 
         return train_this_rank(recipe)
     if recipe.launch.nodes != 1:
-        from megatron_cpt.cli import UserError
+        from megatron_cpt.errors import UserError
 
         raise UserError(
             f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; run "

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conversion_fixtures import make_hf_llama  # noqa: E402
 
 from megatron_cpt.cli import main as cli_main  # noqa: E402
-from megatron_cpt.config.loader import ConfigError  # noqa: E402
+from megatron_cpt.errors import ConfigError  # noqa: E402
 from megatron_cpt.config.model import ModelConfig  # noqa: E402
 from megatron_cpt.conversion.hf_io import (HfCheckpoint, ShardedSafetensorsWriter,  # noqa: E402
                                            parse_size, read_safetensors_header)

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from megatron_cpt.cli import UserError, main
+from megatron_cpt.cli import main
+from megatron_cpt.errors import UserError
 from megatron_cpt.data.demo_corpus import build_demo_corpus
 from megatron_cpt.data.demo_sources import DEMO_SOURCES, DemoSource, package_files, source_files
 

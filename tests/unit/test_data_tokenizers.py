@@ -7,7 +7,7 @@ import json
 import pytest
 from data_fixtures import SAMPLE_DOCS, build_hf_tokenizer, build_two_byte_tiktoken
 
-from megatron_cpt.cli import UserError
+from megatron_cpt.errors import UserError
 from megatron_cpt.data.tokenizers import load_tokenizer
 
 

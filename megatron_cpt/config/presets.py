@@ -5,6 +5,8 @@ Sources: the Llama 3 paper (arXiv 2407.21783, Table 3) and the released ``config
 
 from __future__ import annotations
 
+from megatron_cpt.errors import ConfigError
+
 _LLAMA3_COMMON = dict(
     vocab_size=128256,
     rope_theta=500000.0,
@@ -38,8 +40,6 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_fields(name: str) -> dict:
-    from megatron_cpt.config.loader import ConfigError
-
     if name not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset '{name}' (known: {', '.join(sorted(PRESETS))})")
     return dict(PRESETS[name])
