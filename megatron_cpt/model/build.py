@@ -123,11 +123,12 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, initialize: boo
 
 def describe_layout(chunks) -> dict:
     """The layout this rank's model runs with, read from the built modules and process groups."""
-    module = getattr(chunks[0], "module", chunks[0])
-    config = module.config
-    layer = module.decoder.layers[0] if len(module.decoder.layers) else None
-    norm_weights = [p for name, p in module.named_parameters() if "norm" in name]
-    final_norm = getattr(module.decoder, "final_layernorm", None)
+    modules = [getattr(c, "module", c) for c in chunks]
+    config = modules[0].config
+    layer = next((m.decoder.layers[0] for m in modules if len(m.decoder.layers)), None)
+    norm_weights = [p for m in modules for name, p in m.named_parameters() if "norm" in name]
+    final_norm = next((m.decoder.final_layernorm for m in modules
+                       if getattr(m.decoder, "final_layernorm", None) is not None), None)
     return {
         "tp": parallel_state.get_tensor_model_parallel_world_size(),
         "pp": parallel_state.get_pipeline_model_parallel_world_size(),
