@@ -5,9 +5,9 @@
 A source is available when the files its package installed (dpkg's own file list) are on disk. A
 package can be missing in two ways: not installed, or installed with those files left out by a dpkg
 ``path-exclude`` rule (slim container images drop /usr/share/man). As root with apt-get,
-``install_missing`` runs ``apt-get install`` for the first and ``apt-get install --reinstall`` with
-a dpkg ``--path-include`` of the source's files for the second. Anyone else gets the exact commands
-to run. ``euid``, ``apt_get`` and ``run`` are parameters so that tests exercise both paths without
+``install_missing`` runs ``apt-get install`` for the first and ``apt-get install --reinstall`` for
+the second, both with a dpkg ``--path-include`` of the sources' files (it overrides an earlier
+path-exclude and does nothing otherwise). Anyone else gets the exact commands to run. ``euid``, ``apt_get`` and ``run`` are parameters so that tests exercise both paths without
 touching the machine's packages.
 """
 
@@ -44,14 +44,15 @@ class MissingSources:
         return ", ".join(f"{s.name} ({s.package})" for s in self.sources)
 
     def install_commands(self) -> list[list[str]]:
-        """The apt-get commands that make every source available (without ``apt-get update``)."""
+        """The apt-get commands that make every source available (without ``apt-get update``).
+        Each re-includes the sources' files for dpkg, in case a path-exclude rule drops them."""
         commands = []
-        if self.not_installed:
-            commands.append([*APT_INSTALL, *_packages(self.not_installed)])
-        if self.files_absent:
-            globs = sorted({s.path_glob for s in self.files_absent if s.path_glob})
-            options = [arg for glob in globs for arg in ("-o", f"Dpkg::Options::=--path-include={glob}")]
-            commands.append([*APT_INSTALL, "--reinstall", *options, *_packages(self.files_absent)])
+        for extra, sources in (([], self.not_installed), (["--reinstall"], self.files_absent)):
+            if sources:
+                globs = sorted({s.path_glob for s in sources if s.path_glob})
+                options = [arg for glob in globs
+                           for arg in ("-o", f"Dpkg::Options::=--path-include={glob}")]
+                commands.append([*APT_INSTALL, *extra, *options, *_packages(sources)])
         return commands
 
 

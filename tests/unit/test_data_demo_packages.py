@@ -18,6 +18,9 @@ from megatron_cpt.errors import UserError
 
 UPDATE = ["apt-get", "update", "-qq"]
 INSTALL = ["apt-get", "install", "-y", "--no-install-recommends"]
+INCLUDE_ALL = ["-o", "Dpkg::Options::=--path-include=/usr/share/games/fortunes/*",
+               "-o", "Dpkg::Options::=--path-include=/usr/share/man/man*",
+               "-o", "Dpkg::Options::=--path-include=/usr/share/man/zh_CN/man*"]
 
 
 class RecordingRun:
@@ -53,6 +56,9 @@ def test_without_root_it_stops_with_the_exact_commands(no_packages, tmp_path):
         "sources missing: zh_poetry (fortunes-zh), zh_fortunes (fortunes-zh), zh_manpages "
         "(manpages-zh), en_fortunes (fortunes), en_manpages (manpages); install them as root: "
         "sudo apt-get update -qq && sudo apt-get install -y --no-install-recommends "
+        "-o 'Dpkg::Options::=--path-include=/usr/share/games/fortunes/*' "
+        "-o 'Dpkg::Options::=--path-include=/usr/share/man/man*' "
+        "-o 'Dpkg::Options::=--path-include=/usr/share/man/zh_CN/man*' "
         "fortunes fortunes-zh manpages manpages-zh")
     assert run.commands == [] and not (tmp_path / "out").exists()
 
@@ -67,7 +73,8 @@ def test_as_root_it_runs_apt_get_for_the_missing_packages(no_packages):
     _, missing = find_sources(DEMO_SOURCES, no_packages)
     run = RecordingRun()
     install_missing(missing, euid=0, apt_get="/usr/bin/apt-get", run=run)
-    assert run.commands == [UPDATE, [*INSTALL, "fortunes", "fortunes-zh", "manpages", "manpages-zh"]]
+    assert run.commands == [
+        UPDATE, [*INSTALL, *INCLUDE_ALL, "fortunes", "fortunes-zh", "manpages", "manpages-zh"]]
     assert all(env["DEBIAN_FRONTEND"] == "noninteractive" for env in run.envs)
 
 
