@@ -136,8 +136,12 @@ def collect(sweep_dir: str | Path) -> SweepResults:
             raise UserError(f"{run_dir}: unfinished (step {state.step} of "
                             f"{plan.final_step(run)}); run `megatron-cpt almr sweep` again to "
                             f"resume it")
-        losses = run_losses(run.name, run.almr, run.lr, state.final, plan.languages,
-                            str(run_dir / "metrics.jsonl"))
+        if state.status == "diverged":  # its losses are NaN: the fit leaves it out
+            losses = RunLosses(run.name, run.almr, run.lr,
+                               {lang: float("nan") for lang in plan.languages}, {})
+        else:
+            losses = run_losses(run.name, run.almr, run.lr, state.final, plan.languages,
+                                str(run_dir / "metrics.jsonl"))
         if run.kind == "reference":
             reference = losses
         else:
@@ -173,13 +177,17 @@ def _replicates(results: SweepResults, cells, almrs, lrs, languages, count: int,
     Each replicate shifts the recorded loss by the resampled mean minus the full mean of the
     per-batch losses, so replicates center on the recorded (token-weighted) loss."""
     runs = list(results.runs) + ([results.reference] if results.reference else [])
-    sizes = {len(r.batches.get(lang, ())) for r in runs for lang in languages}
-    if count <= 0 or len(sizes) != 1 or sizes.pop() < 2:
+    # Diverged runs (all losses NaN) have no batches; they stay NaN in every replicate.
+    sizes = {len(r.batches.get(lang, ())) for r in runs for lang in languages
+             if math.isfinite(r.losses[lang])}
+    if count <= 0 or len(sizes) != 1 or min(sizes) < 2:
         return None, None, 0
-    batches = len(runs[0].batches[languages[0]])
+    batches = sizes.pop()
     index = np.random.default_rng(seed).integers(0, batches, size=(count, batches))
 
     def resample(run: RunLosses, language: str) -> np.ndarray:
+        if not math.isfinite(run.losses[language]):
+            return np.full(count, np.nan)
         per_batch = np.array(run.batches[language])
         return run.losses[language] + per_batch[index].mean(axis=1) - per_batch.mean()
 

@@ -242,19 +242,28 @@ def read_plan(sweep_dir: str | Path) -> SweepPlan:
 
 @dataclass(frozen=True)
 class RunState:
-    status: Literal["done", "partial", "pending"]
+    status: Literal["done", "diverged", "partial", "pending"]
     step: int  # the last step recorded in metrics.jsonl
     final: Optional[dict]  # the final evaluation record when done
 
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "diverged")
+
 
 def run_state(run_dir: Path, final_step: int) -> RunState:
+    """``done`` (the final evaluation is recorded), ``diverged`` (stopped on a non-finite loss:
+    rerunning it would diverge again), ``partial`` (resumable) or ``pending``."""
     if not (Path(run_dir) / "metrics.jsonl").is_file():
         return RunState("pending", 0, None)
     records = read_metrics(run_dir)
     for record in reversed(records):
         if record.get("step") == final_step and any(k.startswith(LANGUAGE_LOSS) for k in record):
             return RunState("done", final_step, record)
-    return RunState("partial", max((r.get("step", 0) for r in records), default=0), None)
+    last = records[-1] if records else {}
+    if last.get("skipped") and last.get("loss") is None:
+        return RunState("diverged", last["step"], None)
+    return RunState("partial", last.get("step", 0), None)
 
 
 @dataclass(frozen=True)
@@ -277,8 +286,9 @@ def run_sweep(plan: SweepPlan, launcher: Launcher) -> list[LaunchResult]:
     write_plan(plan)
     results, todo = [], []
     for run in plan.runs:
-        if run_state(plan.run_dir(run), plan.final_step(run)).status == "done":
-            results.append(LaunchResult(run.name, "skipped", "finished before"))
+        state = run_state(plan.run_dir(run), plan.final_step(run))
+        if state.finished:
+            results.append(LaunchResult(run.name, "skipped", f"{state.status} before"))
         else:
             todo.append(run)
     return results + (launcher.launch(plan, todo) if todo else [])

@@ -180,3 +180,23 @@ def test_collect_names_a_missing_or_unfinished_run(tmp_path):
     (plan.run_dir(plan.runs[0]) / "recipe.yaml").unlink()
     with pytest.raises(UserError, match=r"reference/recipe.yaml: missing"):
         collect(plan.sweep_dir)
+
+
+def test_a_diverged_run_is_not_rerun_and_is_left_out_of_the_fit(tmp_path):
+    plan = plan_runs(_base(), [0.1, 0.2, 0.33, 0.5], LRS, str(tmp_path / "sweep"), tokens=10 * 1024)
+    write_plan(plan)
+    diverged = next(r for r in plan.runs if r.almr == 0.1 and r.lr == 3e-3)
+    with open(plan.run_dir(diverged) / "metrics.jsonl", "w") as out:
+        out.write(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+        out.write(json.dumps({"step": 2, "loss": None, "skipped": True}) + "\n")
+    assert run_state(plan.run_dir(diverged), plan.steps).status == "diverged"
+    launcher = RecordingLauncher()
+    run_sweep(plan, launcher)
+    assert diverged.name not in launcher.launched and len(launcher.launched) == len(plan.runs) - 1
+    results = collect(plan.sweep_dir)
+    nan_runs = [r.name for r in results.runs if r.losses["zh"] != r.losses["zh"]]
+    assert nan_runs == [diverged.name]
+    # weighted 0.5: 6 - 0.25 a + (a - a0)^2 with a0 = 0.2 (1e-3) and 0.3 (3e-3): optima a0 + 0.125.
+    result = fit(results, Objective("weighted"), bootstrap=20)
+    assert [round(o.almr, 3) for o in result.optima] == [0.325, 0.425]
+    assert result.replicates == 20 and all(o.std is not None for o in result.optima)
