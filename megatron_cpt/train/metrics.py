@@ -7,6 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+# Validation loss of each language (sources weighted by their training tokens), and the same per
+# validation batch, a list (what the ALMR fit's bootstrap resamples; jsonl only, not TensorBoard).
+LANGUAGE_LOSS = "val_loss_by_language/"
+LANGUAGE_BATCH_LOSSES = "val_batch_loss_by_language/"
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):

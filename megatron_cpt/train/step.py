@@ -106,17 +106,15 @@ def train_step(model_chunks, optimizer, scheduler, batches: Iterator[dict], num_
 
 @torch.no_grad()
 def evaluate(model_chunks, batch_streams: list[Iterator[dict]], num_microbatches: int,
-             seq_length: int, micro_batch_size: int) -> float:
-    """Mean per-token loss over the given global batches (forward only)."""
+             seq_length: int, micro_batch_size: int) -> list[tuple[float, int]]:
+    """(mean per-token loss, loss tokens) of each given global batch (forward only)."""
     for chunk in model_chunks:
         chunk.eval()
-    total, count = 0.0, 0
+    results = []
     for batches in batch_streams:
         outputs = run_forward_backward(model_chunks, batches, num_microbatches, seq_length,
                                        micro_batch_size, forward_only=True)
-        loss, tokens = reduce_loss_over_pipeline(outputs)
-        total += loss * tokens
-        count += tokens
+        results.append(reduce_loss_over_pipeline(outputs))
     for chunk in model_chunks:
         chunk.train()
-    return total / count if count else float("nan")
+    return results
