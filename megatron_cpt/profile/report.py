@@ -136,8 +136,10 @@ def _plot(steady: list[dict], out_dir: Path) -> None:
 
     fig, (top, bottom) = plots.new_figure(rows=2)
     plots.plot_lines(top, steps, {"tokens/s per GPU": col("tokens_per_s_per_gpu")}, "tokens/s per GPU")
-    plots.plot_lines(bottom, steps, {"model": col("tflops_per_gpu"),
-                                     "hardware": col("hardware_tflops_per_gpu")}, "TFLOP/s per GPU")
+    tflops = {"model": col("tflops_per_gpu")}
+    if col("hardware_tflops_per_gpu") != tflops["model"]:  # recomputation adds hardware FLOPs
+        tflops["hardware (with recompute)"] = col("hardware_tflops_per_gpu")
+    plots.plot_lines(bottom, steps, tflops, "TFLOP/s per GPU")
     peak = steady[-1].get("peak_tflops")
     if peak:
         mfu_axis = bottom.secondary_yaxis("right", functions=(lambda x: 100 * x / peak,
