@@ -48,6 +48,7 @@ def main() -> None:
 
     from megatron_cpt.config.recipe import load_recipe
     from megatron_cpt.data.datasets import build_training_data, microbatches
+    from megatron_cpt.data.inspect_mix import single_process_group
     from megatron_cpt.profile.flops import flops_per_token
     from megatron_cpt.profile.hardware import peak_for
 
@@ -57,13 +58,15 @@ def main() -> None:
     for seed, prefix in enumerate(prefixes):
         if not Path(str(prefix) + ".idx").is_file():
             write_random_source(prefix, args.tokens_per_source, seed)
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "llama3_8b_cpt_8xh100_fp8.yaml", [
+    recipe_path = Path(__file__).resolve().parents[1] / "examples" / "llama3_8b_cpt_8xh100_fp8.yaml"
+    recipe = load_recipe(recipe_path, [
         "data.mixture=null", f"data.paths=[{prefixes[0]}, {prefixes[1]}]", "data.weights=[0.33, 0.67]",
         "data.eod_token_id=0", f"train.seq_length={args.seq}", "train.micro_batch_size=1",
         f"train.global_batch_size={args.global_batch}", "launch.procs_per_node=1", "parallel.tp=1"])
     start = time.perf_counter()
-    data = build_training_data(recipe.data, recipe.train, recipe.model.vocab_size,
-                               args.steps * args.global_batch, 0, cache_dir=str(work / "cache"))
+    with single_process_group(str(work)):
+        data = build_training_data(recipe.data, recipe.train, recipe.model.vocab_size,
+                                   args.steps * args.global_batch, 0, cache_dir=str(work / "cache"))
     build_s = time.perf_counter() - start
     waits = []
     for step in range(args.steps):

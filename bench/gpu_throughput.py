@@ -162,21 +162,21 @@ def run(args: argparse.Namespace) -> dict:
     data = batches(args, cfg.vocab_size, device, args.micro_batches)
 
     # Ours: the product's runtime path (DDP with fp32 gradient buffers, megatron-core optimizer).
-    chunks = build_model(cfg, recipe.parallel)
-    model = wrap_with_ddp(chunks, recipe.parallel)
-    optimizer = build_optimizer(model, recipe.optim, recipe.parallel, cfg.dtype)
-    scheduler = build_scheduler(optimizer, recipe.optim, recipe.train.steps)
-    chunks[0].config.finalize_model_grads_func = finalize_model_grads
-    chunks[0].config.no_sync_func = model[0].no_sync
+    ours = {"chunks": build_model(cfg, recipe.parallel)}  # a dict: emptied to free it below
+    ours["model"] = wrap_with_ddp(ours["chunks"], recipe.parallel)
+    ours["optimizer"] = build_optimizer(ours["model"], recipe.optim, recipe.parallel, cfg.dtype)
+    ours["scheduler"] = build_scheduler(ours["optimizer"], recipe.optim, recipe.train.steps)
+    ours["chunks"][0].config.finalize_model_grads_func = finalize_model_grads
+    ours["chunks"][0].config.no_sync_func = ours["model"][0].no_sync
 
     def ours_forward_backward():
-        model[0].zero_grad_buffer()
-        run_forward_backward(model, iter(data), args.micro_batches, args.seq, args.micro_batch,
-                             forward_only=False)
+        ours["model"][0].zero_grad_buffer()
+        run_forward_backward(ours["model"], iter(data), args.micro_batches, args.seq,
+                             args.micro_batch, forward_only=False)
 
     def ours_step():
-        train_step(model, optimizer, scheduler, iter(data), args.micro_batches, args.seq,
-                   args.micro_batch, skip_nonfinite=False)
+        train_step(ours["model"], ours["optimizer"], ours["scheduler"], iter(data),
+                   args.micro_batches, args.seq, args.micro_batch, skip_nonfinite=False)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -190,16 +190,18 @@ def run(args: argparse.Namespace) -> dict:
                                          attn_implementation="sdpa")
     with torch.device(device):
         hf = transformers.LlamaForCausalLM(hf_config).to(dtype)
-    hf.load_state_dict(hf_state_dict(chunks[0], cfg))
+    ours_model = ours["chunks"][0]
+    hf.load_state_dict(hf_state_dict(ours_model, cfg))
     with torch.no_grad():
         first = data[0]
-        ours_loss = chunks[0](first["tokens"].to(device), first["position_ids"].to(device), None,
-                              labels=first["labels"].to(device)).float().mean().item()
+        ours_loss = ours_model(first["tokens"].to(device), first["position_ids"].to(device), None,
+                               labels=first["labels"].to(device)).float().mean().item()
         logits = hf(input_ids=first["tokens"].to(device)).logits.float()
         hf_loss = torch.nn.functional.cross_entropy(
             logits.view(-1, logits.size(-1)), first["labels"].to(device).reshape(-1)).item()
         del logits
-    del model, optimizer, scheduler, chunks
+    del ours_model
+    ours.clear()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

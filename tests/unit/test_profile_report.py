@@ -76,6 +76,7 @@ def test_pipeline_bubble_estimate():
     ("logging.trace_steps=[0,3]", "logging.trace_steps"),
     ("logging.trace_steps=[3]", "logging.trace_steps"),
     ("logging.detail_interval=-1", "logging.detail_interval"),
+    ("logging.trace_steps=[5,20000]", "logging.trace_steps"),  # the recipe has 10000 steps
 ])
 def test_profiling_settings_are_validated(override, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
