@@ -1,19 +1,26 @@
-"""The training loop: build everything in a fixed order, then step, log, evaluate and checkpoint.
+"""The training loop as named steps, each with one call site:
+
+    state = build_state(recipe)              # megatron_cpt.train.state
+    while step < final step:
+        result = train_one_step(state)         # one optimizer step on the next global batch
+        evals = maybe_evaluate(state, result)  # validation sets every train.eval_interval steps
+        record_step(state, result, evals)      # metrics.jsonl + TensorBoard + log line; NaN policy
+        maybe_checkpoint(state)                # every checkpoint.save_interval steps
+    maybe_checkpoint(state, at_end=True)
+    finally: teardown
 
 Run by every rank of a job (``megatron-cpt train`` starts the ranks); see ``megatron_cpt.train.cli``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-import torch.distributed as dist
 
 from megatron_cpt.config.recipe import Recipe
+from megatron_cpt.train.state import TrainState, build_state, is_logging_rank, log
+from megatron_cpt.train.step import StepResult
 
 
 class NonFiniteLossError(RuntimeError):
@@ -27,149 +34,110 @@ class TrainOutcome:
     checkpoint: str | None
 
 
-def checkpoint_dir(recipe: Recipe) -> Path:
-    return Path(recipe.checkpoint.dir or Path(recipe.logging.run_dir) / "checkpoints")
+@dataclass
+class StepRecord:
+    """What one step did, as the loop records it."""
+
+    result: StepResult
+    timing: dict[str, float]  # step time and its breakdown (megatron_cpt.train.timers)
+    batch_digest: str | None
+
+    @property
+    def step_time_s(self) -> float:
+        return self.timing["step_time_s"]
 
 
-def _is_logging_rank() -> bool:
-    # Every rank knows the reduced loss; the last rank (last PP stage) also knows the grad norm.
-    return dist.get_rank() == dist.get_world_size() - 1
+def train_one_step(state: TrainState) -> StepRecord:
+    from megatron_cpt.data.datasets import global_batch_digest, microbatches
+    from megatron_cpt.train.step import train_step
+
+    cfg, progress = state.recipe, state.progress
+    gbs = cfg.train.global_batch_size
+    state.timers.start(progress.step + 1)
+    # Which samples this step trains on, comparable across layouts and resumes.
+    digest = (global_batch_digest(state.data.train, progress.consumed_samples, gbs)
+              if cfg.data.batch_digest and is_logging_rank() else None)
+    batches = state.timers.batches(microbatches(state.data.train, progress.consumed_samples,
+                                                cfg.train, state.dp_rank, state.dp_size))
+    result = train_step(state.model, state.optimizer, state.scheduler, batches,
+                        state.num_microbatches, cfg.train.seq_length, cfg.train.micro_batch_size,
+                        skip_nonfinite=cfg.train.nonfinite_loss == "skip", timers=state.timers)
+    progress.step += 1
+    progress.consumed_samples += gbs
+    return StepRecord(result, state.timers.stop(progress.step), digest)
 
 
-def _truncate_metrics_after(run_dir: Path, step: int) -> None:
-    """Drop records of steps that a resumed run will redo (they ran past the last checkpoint)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+def maybe_evaluate(state: TrainState, record: StepRecord) -> dict[str, float]:
+    from megatron_cpt.train.evaluation import evaluate_validation_sets
+
+    interval = state.recipe.train.eval_interval
+    if not math.isfinite(record.result.loss) or not interval or state.progress.step % interval:
+        return {}
+    return evaluate_validation_sets(state.model, state.data, state.recipe, state.dp_rank,
+                                    state.dp_size, state.num_microbatches)
+
+
+def record_step(state: TrainState, record: StepRecord, evals: dict[str, float]) -> None:
+    """Write the step's metrics and log line; apply the non-finite-loss policy."""
+    from megatron_cpt.profile.throughput import peak_memory_gb
+    from megatron_cpt.train.schedule import current_lr
+
+    cfg, progress, result = state.recipe, state.progress, record.result
+    values = {"loss": result.loss, "lr": current_lr(state.optimizer), "tokens": result.tokens,
+              **record.timing, **state.throughput.values(record.step_time_s), **peak_memory_gb()}
+    if "pipeline_bubble" in record.timing:
+        values["pipeline_bubble_estimate"] = state.throughput.bubble_estimate
+    if not math.isfinite(result.loss):
+        state.consecutive_skips += 1
+        progress.skipped_steps += 1
+        state.metrics.write(progress.step, {**values, "skipped": True})
+        if cfg.train.nonfinite_loss == "stop" or state.consecutive_skips > cfg.train.max_skipped_steps:
+            raise NonFiniteLossError(
+                f"step {progress.step}: non-finite loss (train.nonfinite_loss="
+                f"{cfg.train.nonfinite_loss}, {state.consecutive_skips} consecutive)")
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    state.consecutive_skips = 0
+    state.last_loss = result.loss
+    elapsed = record.step_time_s
+    values.update({"grad_norm": result.grad_norm, "consumed_samples": progress.consumed_samples,
+                   "tokens_per_s": result.tokens / elapsed if elapsed > 0 else None,
+                   "batch_digest": record.batch_digest, **evals})
+    state.metrics.write(progress.step, values)
+    if progress.step % cfg.logging.log_interval == 0:
+        log(f"step {progress.step}/{cfg.train.steps} loss {result.loss:.4f} lr {values['lr']:.3e} "
+            f"grad_norm {result.grad_norm or 0:.3f} {elapsed:.2f}s")
+
+
+def maybe_checkpoint(state: TrainState, at_end: bool = False) -> None:
+    """Save every ``checkpoint.save_interval`` steps, and at the end unless that step is saved."""
+    from megatron_cpt.train.checkpoint import save_training_checkpoint
+
+    cfg, step = state.recipe, state.progress.step
+    if state.saved_step == step:
+        return
+    interval = cfg.checkpoint.save_interval
+    due = cfg.checkpoint.save_at_end if at_end else bool(interval) and step % interval == 0
+    if not due:
+        return
+    start = time.perf_counter()
+    state.last_saved = save_training_checkpoint(
+        state.ckpt_dir, state.model, state.optimizer, state.scheduler, state.progress, cfg.model,
+        cfg.parallel, cfg.checkpoint.keep_last)
+    state.saved_step = step
+    # Added to this step's record; the launch work sizes its pre-emption warning from it.
+    state.metrics.write(step, {"checkpoint_save_s": time.perf_counter() - start})
 
 
 def run_training(recipe: Recipe) -> TrainOutcome:
-    from megatron.core import parallel_state
-    from megatron.core.distributed import finalize_model_grads
-
-    from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
-    from megatron_cpt.data.datasets import (build_training_data, global_batch_digest,
-                                            microbatches)
-    from megatron_cpt.model.build import build_model
-    from megatron_cpt.runtime.parallel import (build_optimizer, initialize_parallel,
-                                               wrap_with_ddp)
-    from megatron_cpt.train.checkpoint import (TrainingProgress, check_model_matches,
-                                               find_resume_checkpoint, load_training_checkpoint,
-                                               save_training_checkpoint)
-    from megatron_cpt.train.metrics import MetricsWriter
-    from megatron_cpt.train.schedule import build_scheduler, current_lr
-    from megatron_cpt.train.evaluation import evaluate_validation_sets, validation_samples
-    from megatron_cpt.train.step import train_step
-
-    cfg = recipe
-    # 1. Process groups and seeds.
-    initialize_parallel(cfg.parallel, cfg.train.seed)
-    dp_rank = parallel_state.get_data_parallel_rank()
-    dp_size = parallel_state.get_data_parallel_world_size()
-    num_micro = cfg.train.num_microbatches(dp_size)
-
-    # 2. Model chunks, DDP, optimizer, LR schedule.
-    chunks = build_model(cfg.model, cfg.parallel)
-    model = wrap_with_ddp(chunks, cfg.parallel)
-    optimizer = build_optimizer(model, cfg.optim, cfg.parallel, cfg.model.dtype)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-    transformer_config = chunks[0].config
-    transformer_config.finalize_model_grads_func = finalize_model_grads
-    transformer_config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
-
-    # 3. State: resume (our own checkpoint) wins over initial weights (a converted checkpoint).
-    run_dir = Path(cfg.logging.run_dir)
-    ckpt_dir = checkpoint_dir(cfg)
-    progress = TrainingProgress()
-    resume_from = find_resume_checkpoint(ckpt_dir) if cfg.checkpoint.resume else None
-    if resume_from is not None:
-        progress = load_training_checkpoint(resume_from, model, optimizer, scheduler, cfg.model,
-                                            cfg.parallel)
-        _log(f"resumed from {resume_from} at step {progress.step}")
-    elif cfg.checkpoint.pretrained:
-        check_model_matches(read_meta(cfg.checkpoint.pretrained), cfg.model,
-                            f"checkpoint.pretrained '{cfg.checkpoint.pretrained}'")
-        load_model_weights(model, cfg.checkpoint.pretrained)
-        # The optimizer's fp32 main weights were copied from the random init: refresh them.
-        optimizer.reload_model_params()
-        _log(f"initial weights from {cfg.checkpoint.pretrained}")
-
-    # 4. Data: the mixture, enough samples for every step of the run, validation sets.
-    data = build_training_data(cfg.data, cfg.train, cfg.model.vocab_size,
-                               cfg.train.steps * cfg.train.global_batch_size,
-                               validation_samples(cfg), cache_dir=str(run_dir / "data_cache"))
-    train_ds = data.train
-    if _is_logging_rank():
-        _log(data.plan.format_table())
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "mixture.json").write_text(json.dumps(data.plan.to_dict(), indent=2))
-
-    metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=_is_logging_rank())
-    if _is_logging_rank():
-        _truncate_metrics_after(run_dir, progress.step)
-    gbs = cfg.train.global_batch_size
-    seq = cfg.train.seq_length
-    last_loss = float("nan")
-    last_saved = resume_from
-    saved_step = progress.step if resume_from is not None else None
-    consecutive_skips = 0
+    state = build_state(recipe)
     try:
-        final_step = cfg.train.stop_at_step or cfg.train.steps
-        while progress.step < final_step:
-            start = time.perf_counter()
-            # Which samples this step trains on, comparable across layouts and resumes.
-            digest = (global_batch_digest(train_ds, progress.consumed_samples, gbs)
-                      if cfg.data.batch_digest and _is_logging_rank() else None)
-            batches = microbatches(train_ds, progress.consumed_samples, cfg.train, dp_rank, dp_size)
-            result = train_step(model, optimizer, scheduler, batches, num_micro, seq,
-                                cfg.train.micro_batch_size,
-                                skip_nonfinite=cfg.train.nonfinite_loss == "skip")
-            elapsed = time.perf_counter() - start
-            progress.step += 1
-            progress.consumed_samples += gbs
-            if not math.isfinite(result.loss):
-                consecutive_skips += 1
-                progress.skipped_steps += 1
-                metrics.write(progress.step, {"loss": result.loss, "lr": current_lr(optimizer),
-                                              "skipped": True, "tokens": result.tokens,
-                                              "step_time_s": elapsed})
-                if cfg.train.nonfinite_loss == "stop" or consecutive_skips > cfg.train.max_skipped_steps:
-                    raise NonFiniteLossError(
-                        f"step {progress.step}: non-finite loss (train.nonfinite_loss="
-                        f"{cfg.train.nonfinite_loss}, {consecutive_skips} consecutive)")
-                continue
-            consecutive_skips = 0
-            last_loss = result.loss
-            values = {"loss": result.loss, "lr": current_lr(optimizer),
-                      "grad_norm": result.grad_norm, "tokens": result.tokens,
-                      "consumed_samples": progress.consumed_samples, "step_time_s": elapsed,
-                      "tokens_per_s": result.tokens / elapsed if elapsed > 0 else None,
-                      "batch_digest": digest}
-            if cfg.train.eval_interval and progress.step % cfg.train.eval_interval == 0:
-                values.update(evaluate_validation_sets(model, data, cfg, dp_rank, dp_size,
-                                                       num_micro))
-            metrics.write(progress.step, values)
-            if progress.step % cfg.logging.log_interval == 0:
-                _log(f"step {progress.step}/{cfg.train.steps} loss {result.loss:.4f} "
-                     f"lr {values['lr']:.3e} grad_norm {result.grad_norm or 0:.3f} "
-                     f"{elapsed:.2f}s")
-            interval = cfg.checkpoint.save_interval
-            if interval and progress.step % interval == 0:
-                last_saved = save_training_checkpoint(ckpt_dir, model, optimizer, scheduler,
-                                                      progress, cfg.model, cfg.parallel,
-                                                      cfg.checkpoint.keep_last)
-                saved_step = progress.step
-        if cfg.checkpoint.save_at_end and saved_step != progress.step:
-            last_saved = save_training_checkpoint(ckpt_dir, model, optimizer, scheduler, progress,
-                                                  cfg.model, cfg.parallel, cfg.checkpoint.keep_last)
+        while state.progress.step < state.final_step:
+            record = train_one_step(state)
+            evals = maybe_evaluate(state, record)
+            record_step(state, record, evals)
+            maybe_checkpoint(state)
+        maybe_checkpoint(state, at_end=True)
     finally:
-        metrics.close()
-    return TrainOutcome(progress.step, last_loss, str(last_saved) if last_saved else None)
-
-
-def _log(message: str) -> None:
-    if _is_logging_rank():
-        print(f"[megatron-cpt] {message}", flush=True)
+        state.metrics.close()
+    return TrainOutcome(state.progress.step, state.last_loss,
+                        str(state.last_saved) if state.last_saved else None)

@@ -1,0 +1,140 @@
+"""Everything a training run holds, built in a fixed order by ``build_state``.
+
+1. process groups and seeds; 2. model chunks, DDP, optimizer, LR schedule; 3. state: resume (our
+own checkpoint) wins over initial weights (a converted checkpoint); 4. data: the mixture, enough
+samples for every step of the run, validation sets; 5. the metrics writer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch.distributed as dist
+
+from megatron_cpt.config.recipe import Recipe
+from megatron_cpt.train.checkpoint import TrainingProgress
+from megatron_cpt.train.metrics import MetricsWriter
+from megatron_cpt.train.timers import StepTimers
+
+
+def checkpoint_dir(recipe: Recipe) -> Path:
+    return Path(recipe.checkpoint.dir or Path(recipe.logging.run_dir) / "checkpoints")
+
+
+def is_logging_rank() -> bool:
+    # Every rank knows the reduced loss; the last rank (last PP stage) also knows the grad norm.
+    return dist.get_rank() == dist.get_world_size() - 1
+
+
+def log(message: str) -> None:
+    if is_logging_rank():
+        print(f"[megatron-cpt] {message}", flush=True)
+
+
+@dataclass
+class TrainState:
+    recipe: Recipe
+    model: list  # DDP-wrapped chunks, one per virtual pipeline stage
+    optimizer: object
+    scheduler: object
+    data: object  # megatron_cpt.data.datasets.TrainingData
+    metrics: MetricsWriter
+    progress: TrainingProgress
+    ckpt_dir: Path
+    dp_rank: int
+    dp_size: int
+    num_microbatches: int
+    timers: StepTimers  # where each step's time goes (megatron_cpt.train.timers)
+    throughput: object  # megatron_cpt.profile.throughput.ThroughputMeter
+    # The checkpoint this run resumed from, the newest one it saved, and that one's step.
+    resumed_from: Optional[Path] = None
+    last_saved: Optional[Path] = None
+    saved_step: Optional[int] = None
+    last_loss: float = float("nan")
+    consecutive_skips: int = 0
+
+    @property
+    def final_step(self) -> int:
+        return self.recipe.train.stop_at_step or self.recipe.train.steps
+
+
+def _truncate_metrics_after(run_dir: Path, step: int) -> None:
+    """Drop records of steps that a resumed run will redo (they ran past the last checkpoint)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def build_state(cfg: Recipe) -> TrainState:
+    from megatron.core import parallel_state
+    from megatron.core.distributed import finalize_model_grads
+
+    from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
+    from megatron_cpt.data.datasets import build_training_data
+    from megatron_cpt.model.build import build_model
+    from megatron_cpt.profile.throughput import ThroughputMeter
+    from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
+    from megatron_cpt.train.checkpoint import (check_model_matches, find_resume_checkpoint,
+                                               load_training_checkpoint)
+    from megatron_cpt.train.evaluation import validation_samples
+    from megatron_cpt.train.schedule import build_scheduler
+
+    # 1. Process groups and seeds.
+    initialize_parallel(cfg.parallel, cfg.train.seed)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+
+    # 2. Model chunks, DDP, optimizer, LR schedule.
+    chunks = build_model(cfg.model, cfg.parallel)
+    model = wrap_with_ddp(chunks, cfg.parallel)
+    optimizer = build_optimizer(model, cfg.optim, cfg.parallel, cfg.model.dtype)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    transformer_config = chunks[0].config
+    transformer_config.finalize_model_grads_func = finalize_model_grads
+    transformer_config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+
+    # 3. Resume (our own checkpoint) wins over initial weights (a converted checkpoint).
+    ckpt_dir = checkpoint_dir(cfg)
+    progress = TrainingProgress()
+    resume_from = find_resume_checkpoint(ckpt_dir) if cfg.checkpoint.resume else None
+    if resume_from is not None:
+        progress = load_training_checkpoint(resume_from, model, optimizer, scheduler, cfg.model,
+                                            cfg.parallel)
+        log(f"resumed from {resume_from} at step {progress.step}")
+    elif cfg.checkpoint.pretrained:
+        check_model_matches(read_meta(cfg.checkpoint.pretrained), cfg.model,
+                            f"checkpoint.pretrained '{cfg.checkpoint.pretrained}'")
+        load_model_weights(model, cfg.checkpoint.pretrained)
+        # The optimizer's fp32 main weights were copied from the random init: refresh them.
+        optimizer.reload_model_params()
+        log(f"initial weights from {cfg.checkpoint.pretrained}")
+
+    # 4. Data.
+    run_dir = Path(cfg.logging.run_dir)
+    data = build_training_data(cfg.data, cfg.train, cfg.model.vocab_size,
+                               cfg.train.steps * cfg.train.global_batch_size,
+                               validation_samples(cfg), cache_dir=str(run_dir / "data_cache"))
+    if is_logging_rank():
+        log(data.plan.format_table())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "mixture.json").write_text(json.dumps(data.plan.to_dict(), indent=2))
+        _truncate_metrics_after(run_dir, progress.step)
+
+    # 5. Metrics, written by one rank; step timers and throughput, on every rank.
+    metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=is_logging_rank())
+    timers = StepTimers(transformer_config, cfg.logging.detail_interval, cfg.logging.trace_steps,
+                        run_dir / "trace")
+    throughput = ThroughputMeter(cfg, dist.get_world_size())
+    log(f"MFU against {throughput.peak.describe()}")
+    return TrainState(
+        recipe=cfg, model=model, optimizer=optimizer, scheduler=scheduler, data=data,
+        metrics=metrics, progress=progress, ckpt_dir=ckpt_dir, dp_rank=dp_rank, dp_size=dp_size,
+        num_microbatches=cfg.train.num_microbatches(dp_size), timers=timers,
+        throughput=throughput, resumed_from=resume_from,
+        last_saved=resume_from, saved_step=progress.step if resume_from is not None else None)
