@@ -25,7 +25,8 @@ setup(
         "numpy",
         "psutil",  # megatron-core dist_checkpointing writers need it
         "pyyaml",
-        "transformers>=4.45",
+        # 5.x: data train-tokenizer converts sentencepiece with its TokenizersBackend (ids checked).
+        "transformers>=5.0",
         "safetensors",
         "tokenizers",
         "tiktoken",
