@@ -53,10 +53,6 @@ class Recipe:
             raise ConfigError(
                 "model.fp8.param_gather: FP8 parameter all-gather needs the distributed optimizer "
                 "(parallel.distributed_optimizer=true)")
-        if self.parallel.overlap_param_gather and not self.parallel.distributed_optimizer:
-            raise ConfigError(
-                "parallel.overlap_param_gather: needs parallel.distributed_optimizer=true "
-                "(only the distributed optimizer all-gathers parameters)")
         if self.parallel.vpp is not None and self.train.num_microbatches(dp) % self.parallel.pp:
             raise ConfigError(
                 f"train.global_batch_size: interleaved pipelining needs the number of micro-batches "

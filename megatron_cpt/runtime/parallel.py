@@ -120,5 +120,7 @@ def sync_parameters(ddp_chunks) -> None:
     """
     for chunk in ddp_chunks:
         ddp_config = getattr(chunk, "ddp_config", None)
-        if ddp_config is not None and ddp_config.overlap_param_gather:
+        # Without the distributed optimizer megatron-core ignores overlap_param_gather.
+        if (ddp_config is not None and ddp_config.overlap_param_gather
+                and ddp_config.use_distributed_optimizer):
             chunk.start_param_sync(force_sync=True)

@@ -89,8 +89,6 @@ INVALID = [
     (["parallel.cp=2", "parallel.tp=1"], "parallel.cp"),
     (["model.dtype=bf16", "model.fp8={param_gather: true}", "parallel.distributed_optimizer=false"],
      "model.fp8.param_gather"),
-    (["parallel.overlap_param_gather=true", "parallel.distributed_optimizer=false"],
-     "parallel.overlap_param_gather"),
     (["model.rope_scaling={factor: 8.0, low_freq_factor: 2.0}"], "model.rope_scaling"),
 ]
 
