@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from megatron_cpt.errors import UserError
+from megatron_cpt.errors import UserError, one_line
 
 # verb -> (module with register(subparsers), one-line help). Only the chosen verb's module is
 # imported, so `megatron-cpt data ...` does not pay for torch and megatron-core imports it never uses.
@@ -43,10 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(verb if verb in VERBS else None).parse_args(argv)
+    from megatron_cpt.runtime.quiet import quiet_known_warnings
+
+    quiet_known_warnings()
     try:
         result = args.func(args)
     except (UserError, FileNotFoundError, FileExistsError) as exc:
-        print(f"megatron-cpt {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"megatron-cpt {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

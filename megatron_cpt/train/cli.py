@@ -29,6 +29,13 @@ def run(args) -> int:
     # The data files too (present, non-empty, ids match the model) before any rank or run dir.
     resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
                     with_validation=recipe.train.eval_interval > 0)
+    # And the initial weights (or the checkpoint to resume from): present, whole, of this model.
+    from megatron_cpt.model.specs import resolve_attention_backend
+    from megatron_cpt.train.checkpoint import check_checkpoints_before_start
+    from megatron_cpt.train.state import checkpoint_dir
+
+    check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
+    resolve_attention_backend(recipe.model.attention_backend)  # a broken TE install, said once
     if inside_distributed_job():
         from megatron_cpt.train.worker import train_this_rank
 

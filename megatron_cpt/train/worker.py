@@ -19,7 +19,8 @@ def train_this_rank(recipe: Recipe) -> int:
     try:
         outcome = run_training(recipe)
     except NonFiniteLossError as exc:
-        print(f"megatron-cpt train: error: {exc}", file=sys.stderr, flush=True)
+        if dist.get_rank() == 0:  # every rank knows the loss: one line for the job
+            print(f"megatron-cpt train: error: {exc}", file=sys.stderr, flush=True)
         return 3
     if dist.get_rank() == 0:
         (run_dir / "recipe.resolved.json").write_text(json.dumps(recipe.to_dict(), indent=2))
@@ -30,10 +31,11 @@ def train_this_rank(recipe: Recipe) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from megatron_cpt.runtime.parallel import quiet_known_warnings
+    from megatron_cpt.launch.local import run_rank
+    from megatron_cpt.runtime.quiet import quiet_known_warnings
 
     quiet_known_warnings()
-    return train_this_rank(load_recipe(argv[0], argv[1:]))
+    return run_rank(lambda: train_this_rank(load_recipe(argv[0], argv[1:])), "train")
 
 
 if __name__ == "__main__":
