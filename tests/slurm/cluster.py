@@ -43,6 +43,7 @@ ReturnToService=2
 GresTypes=gpu
 KillWait=30
 MinJobAge=600
+SchedulerParameters=sched_interval=2
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} Gres=gpu:8 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
