@@ -131,14 +131,14 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
             srun.append(f"--container-mounts={job.container_mounts}")
     if per_gpu:
         step = ["$PYTHON", "-m", "megatron_cpt.train.worker", "$RECIPE"]
-        rank_exports = ("# One task per GPU: each task maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID "
-                        "to RANK/WORLD_SIZE/LOCAL_RANK.\nexport MASTER_ADDR=\"$HEAD_ADDR\" "
-                        "MASTER_PORT=\"$RDZV_PORT\"\n")
+        rendezvous = ("# One task per GPU: each maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID to "
+                      "RANK/WORLD_SIZE/LOCAL_RANK.\nexport MASTER_ADDR=\"$HEAD_ADDR\" "
+                      "MASTER_PORT=\"$RDZV_PORT\"\n")
     else:
         step = torchrun_command("$PYTHON", job.nodes, job.gpus_per_node,
                                 "$HEAD_ADDR:$RDZV_PORT", "$RDZV_ID",
                                 recipe.launch.dist_timeout_minutes * 60, "$RECIPE")
-        rank_exports = ""
+        rendezvous = 'RDZV_ID="$SLURM_JOB_ID-$RESTART"\n'
     gpus = recipe.launch.accelerator == "gpu"
     template = resources.files("megatron_cpt.launch").joinpath("templates/sbatch.sh").read_text()
     return string.Template(template).substitute(
@@ -160,7 +160,7 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
         env_exports="\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
         port_base=PORT_BASE,
         port_span=PORT_SPAN,
-        rank_exports=rank_exports,
+        rendezvous_lines=rendezvous,
         srun_flags=_join(srun),
         step_command=_join_lines(step),
     )

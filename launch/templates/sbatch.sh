@@ -36,8 +36,7 @@ if [ "$$SLURM_JOB_NUM_NODES" -gt 1 ] && [[ "$$HEAD_ADDR" == 127.* ]]; then
 fi
 RESTART="$${SLURM_RESTART_COUNT:-0}"
 RDZV_PORT=$$(( ${port_base} + (SLURM_JOB_ID + RESTART) % ${port_span} ))
-RDZV_ID="$$SLURM_JOB_ID-$$RESTART"
-${rank_exports}
+${rendezvous_lines}
 echo "megatron-cpt: job $$SLURM_JOB_ID start $$RESTART on $$SLURM_JOB_NUM_NODES node(s), head $$HEAD_NODE ($$HEAD_ADDR:$$RDZV_PORT)"
 
 # Slurm sends its warning to this shell only (B:USR1). torchrun does not pass SIGUSR1 on, so it

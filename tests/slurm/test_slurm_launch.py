@@ -61,7 +61,7 @@ def test_job_runs_to_completion(slurm, common, tmp_path):
 
 
 def test_warning_signal_saves_requeues_and_resumes(slurm, common, tmp_path):
-    steps = 40
+    steps = 20
     overrides = common + [f"train.steps={steps}"]
     reference = tmp_path / "reference"
     train(overrides + [f"logging.run_dir={reference}"])
