@@ -24,6 +24,8 @@ VERBS = {
     "train": ("megatron_cpt.train.cli", "train (continual pre-training) from a recipe"),
     "convert": ("megatron_cpt.conversion.cli", "Hugging Face <-> megatron-core checkpoints"),
     "launch": ("megatron_cpt.launch.cli", "submit training jobs to Slurm"),
+    "profile": ("megatron_cpt.profile.cli", "throughput report of a run; memory estimate of a recipe"),
+    "almr": ("megatron_cpt.almr.cli", "the ALMR x learning-rate study: sweep, status, fit"),
 }
 
 

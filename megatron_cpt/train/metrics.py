@@ -7,6 +7,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+# Validation loss of each language (sources weighted by their training tokens), and the same per
+# validation batch, a list (what the ALMR fit's bootstrap resamples; jsonl only, not TensorBoard).
+LANGUAGE_LOSS = "val_loss_by_language/"
+LANGUAGE_BATCH_LOSSES = "val_batch_loss_by_language/"
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -30,6 +35,7 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def write(self, step: int, values: dict[str, Any]) -> None:
+        """Append the record of ``step`` (one per step)."""
         if not self.enabled:
             return
         record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
@@ -48,5 +54,15 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``RUN_DIR/metrics.jsonl``, one per step, in file order."""
+    from megatron_cpt.errors import UserError
+
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+    return records

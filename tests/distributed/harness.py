@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -44,8 +43,9 @@ def write_initial_weights(out_dir: Path, overrides: list[str], recipe: Path = TI
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from megatron_cpt.train.metrics import read_metrics
+
+    return read_metrics(run_dir)
 
 
 def losses(run_dir: Path) -> list[float]:

@@ -69,6 +69,9 @@ def test_stop_resume_follows_the_data_order_with_per_source_validation(overrides
         keys = [f"val_loss/{n}" for n in names] + [
             f"val_loss_by_language/{lang}" for lang in ("zh", "en", "code")] + ["val_loss"]
         assert all(isinstance(record[k], float) for k in keys), record
+        for lang in ("zh", "en", "code"):  # one validation batch (train.eval_steps=1)
+            assert record[f"val_batch_loss_by_language/{lang}"] == pytest.approx(
+                [record[f"val_loss_by_language/{lang}"]], rel=1e-12)
     assert "val_loss/zh_a" not in records[0]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

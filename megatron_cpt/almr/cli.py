@@ -1,0 +1,164 @@
+"""``megatron-cpt almr``: the ALMR x learning-rate study (docs/ALMR.md).
+
+    megatron-cpt almr sweep examples/demo_llama3_tiny_cpt_2xcpu.yaml KEY=VALUE ... \\
+        --almr 0.1,0.2,0.33,0.5 --lr 1e-3,3e-3,1e-2 --tokens 100000 --out runs/almr_demo
+    megatron-cpt almr status runs/almr_demo
+    megatron-cpt almr fit runs/almr_demo --objective constrained --tolerance 0.02 --target-lr 1e-3
+
+A rerun of the same ``sweep`` command skips finished runs and resumes unfinished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+from megatron_cpt.errors import UserError
+
+
+def _numbers(option: str):
+    def parse(text: str) -> list[float]:
+        try:
+            return [float(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers, e.g. 0.1,0.2,0.33, got {text!r}") from None
+    parse.__name__ = option
+    return parse
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser("almr", help="the ALMR x learning-rate study: sweep, status, fit",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    sweep = actions.add_parser("sweep", help="run (or resume) the grid of CPT runs")
+    sweep.add_argument("recipe", help="YAML recipe with a data.mixture")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    sweep.add_argument("--almr", type=_numbers("ALMR list"), required=True,
+                       help="comma-separated ALMRs in [0, 1] (at least 3 to fit)")
+    sweep.add_argument("--lr", type=_numbers("LR list"), required=True,
+                       help="comma-separated learning rates (at least 2; 3 for a goodness of fit)")
+    sweep.add_argument("--tokens", type=int, default=None,
+                       help="training tokens of every run, rounded up to whole steps "
+                            "(default: train.steps of the recipe)")
+    sweep.add_argument("--out", default=None, help="sweep directory (default runs/almr_<recipe>)")
+    sweep.add_argument("--plan-only", action="store_true",
+                       help="write the manifest and run recipes, run nothing")
+    sweep.add_argument("--no-progress", action="store_true")
+    sweep.set_defaults(func=run_sweep_command)
+
+    status = actions.add_parser("status", help="progress of each run of a sweep")
+    status.add_argument("sweep_dir")
+    status.set_defaults(func=status_command)
+
+    fit = actions.add_parser("fit", help="best ALMR per LR, the fitted relation, plots")
+    fit.add_argument("sweep_dir")
+    fit.add_argument("--objective", choices=("constrained", "weighted"), default="constrained")
+    fit.add_argument("--tolerance", type=float, default=0.02,
+                     help="constrained: allowed rise of each original-language loss over its "
+                          "pre-CPT value, as a fraction (default 0.02)")
+    fit.add_argument("--weight", type=float, default=0.5,
+                     help="weighted: weight of the additional-language loss (default 0.5)")
+    fit.add_argument("--original", default=None,
+                     help="comma-separated original languages (default: every other language)")
+    target = fit.add_mutually_exclusive_group()
+    target.add_argument("--target-lr", type=float, default=None,
+                        help="recommend the ALMR for a run at this learning rate")
+    target.add_argument("--target-recipe", default=None,
+                        help="recommend the ALMR for this recipe's optim.lr (e.g. the 70B one)")
+    fit.add_argument("--bootstrap", type=int, default=200, help="replicates (0: none)")
+    fit.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    fit.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/fit)")
+    fit.set_defaults(func=fit_command)
+
+
+def run_sweep_command(args) -> int:
+    from megatron_cpt.almr.launchers import LocalLauncher
+    from megatron_cpt.almr.sweep import plan_runs, run_sweep, write_plan
+    from megatron_cpt.config.loader import apply_overrides, read_yaml
+
+    base = apply_overrides(read_yaml(args.recipe), list(args.overrides))
+    out = args.out or f"runs/almr_{Path(args.recipe).stem}"
+    plan = plan_runs(base, args.almr, args.lr, out, tokens=args.tokens, recipe_source=args.recipe)
+    print(f"sweep {out}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR + reference, "
+          f"{plan.steps} steps x {plan.tokens_per_step:,} tokens = {plan.tokens:,} tokens per run",
+          flush=True)
+    if args.plan_only:
+        write_plan(plan)
+        return 0
+    results = run_sweep(plan, LocalLauncher(progress=not args.no_progress))
+    failed = [r for r in results if r.status == "failed"]
+    for result in failed:
+        print(f"failed: {result.run} ({result.detail})")
+    print(f"{len(results) - len(failed)} of {len(results)} runs finished; "
+          f"next: megatron-cpt almr fit {out}")
+    return 1 if failed else 0
+
+
+def status_command(args) -> int:
+    from megatron_cpt.almr.sweep import read_plan, run_state
+    from megatron_cpt.train.metrics import LANGUAGE_LOSS
+
+    plan = read_plan(args.sweep_dir)
+    print(f"sweep {args.sweep_dir}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR, {plan.steps} "
+          f"steps x {plan.tokens_per_step:,} tokens = {plan.tokens:,} tokens per run")
+    print(f"  {'run':<24} {'almr':>6} {'lr':>9}  {'state':<12}" +
+          "".join(f" {lang:>8}" for lang in plan.languages))
+    counts: dict[str, int] = {}
+    for run in plan.runs:
+        state = run_state(plan.run_dir(run), plan.final_step(run))
+        counts[state.status] = counts.get(state.status, 0) + 1
+        label = state.status if state.status != "partial" else f"step {state.step}/{plan.steps}"
+        losses = "".join(f" {_loss(state.final, LANGUAGE_LOSS + lang):>8}"
+                         for lang in plan.languages) if state.final else ""
+        almr = "-" if run.almr is None else f"{run.almr:g}"
+        lr = "-" if run.lr is None else f"{run.lr:g}"
+        print(f"  {run.name:<24} {almr:>6} {lr:>9}  {label:<12}{losses}")
+    print(", ".join(f"{status} {count}" for status, count in sorted(counts.items())) +
+          f" (of {len(plan.runs)})")
+    return 0
+
+
+def _loss(record: dict, key: str) -> str:
+    value = record.get(key)
+    return "NaN" if value is None else f"{value:.4f}"
+
+
+def fit_command(args) -> int:
+    from megatron_cpt.almr.fit import collect, fit, format_fit
+    from megatron_cpt.almr.objective import Objective
+    from megatron_cpt.almr.plots import write_plots
+
+    target_lr = args.target_lr
+    if args.target_recipe:
+        from megatron_cpt.config.recipe import load_recipe
+
+        target_lr = load_recipe(args.target_recipe).optim.lr
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap: must be >= 0, got {args.bootstrap}")
+    original = [p.strip() for p in args.original.split(",") if p.strip()] if args.original else None
+    objective = Objective(args.objective, tolerance=args.tolerance, weight=args.weight)
+    result = fit(collect(args.sweep_dir), objective, original=original, target_lr=target_lr,
+                 bootstrap=args.bootstrap, seed=args.seed)
+    out = Path(args.out or Path(args.sweep_dir) / "fit")
+    # Everything goes to a temporary directory first: a failure leaves no partial output.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        (tmp / "almr_fit.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        plots = write_plots(result, tmp)
+        out.mkdir(exist_ok=True)
+        for path in tmp.iterdir():
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(format_fit(result))
+    print(f"wrote {out}/: almr_fit.json, " + ", ".join(p.name for p in plots))
+    return 0

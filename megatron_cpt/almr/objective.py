@@ -1,0 +1,84 @@
+"""What "the best ALMR" means at one learning rate: an objective over the final validation losses,
+minimized on curves interpolated between the swept ALMRs (docs/ALMR.md, "Objectives").
+
+- ``constrained`` (default): the lowest additional-language loss among the ALMRs that keep every
+  original-language loss within ``tolerance`` (a fraction) of its value before CPT.
+- ``weighted``: ``weight x additional + (1 - weight) x mean of the original languages``.
+
+Each language's loss is interpolated over the ALMR grid by a least-squares quadratic, evaluated on a
+dense grid between the smallest and largest swept ALMR (never beyond it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+from megatron_cpt.errors import UserError
+
+DENSE_POINTS = 1001
+
+
+@dataclass(frozen=True)
+class Objective:
+    kind: Literal["constrained", "weighted"] = "constrained"
+    """``constrained``: lowest additional-language loss with the original languages within
+    ``tolerance`` of their pre-CPT loss; ``weighted``: a weighted sum of the two."""
+    tolerance: float = 0.02
+    """constrained: allowed rise of each original-language loss, as a fraction of its pre-CPT value."""
+    weight: float = 0.5
+    """weighted: the additional language's weight; the original languages share ``1 - weight``."""
+
+    def validate(self) -> "Objective":
+        if self.kind not in ("constrained", "weighted"):
+            raise UserError(f"--objective: expected constrained or weighted, got {self.kind!r}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise UserError(f"--tolerance: must be in [0, 1), got {self.tolerance}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise UserError(f"--weight: must be in [0, 1], got {self.weight}")
+        return self
+
+    def describe(self, additional: str, original: tuple[str, ...]) -> str:
+        others = ", ".join(original)
+        if self.kind == "constrained":
+            return (f"lowest {additional} loss with each of {others} at most "
+                    f"{self.tolerance:.1%} above its pre-CPT loss")
+        return (f"lowest {self.weight:g} x {additional} loss + {1 - self.weight:g} x mean "
+                f"({others}) loss")
+
+
+@dataclass(frozen=True)
+class Optimum:
+    almr: float  # NaN when no ALMR of the grid range satisfies the objective
+    value: float  # the objective there (a loss)
+    at_edge: bool  # at the smallest or largest swept ALMR: the true optimum may lie outside
+    feasible: bool
+
+
+def quadratic(almrs: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """Least-squares quadratic coefficients (highest power first) of ``losses`` over ``almrs``."""
+    return np.polyfit(almrs, losses, 2)
+
+
+def find_optimum(objective: Objective, almrs: np.ndarray, additional: np.ndarray,
+                 original: np.ndarray, reference: Optional[np.ndarray]) -> Optimum:
+    """The objective's minimum over [min(almrs), max(almrs)].
+
+    ``additional``: losses at ``almrs``; ``original``: [languages, almrs]; ``reference``: the
+    pre-CPT loss of each original language (needed by ``constrained``).
+    """
+    grid = np.linspace(almrs.min(), almrs.max(), DENSE_POINTS)
+    add_curve = np.polyval(quadratic(almrs, additional), grid)
+    orig_curves = np.stack([np.polyval(quadratic(almrs, row), grid) for row in original])
+    if objective.kind == "weighted":
+        values = objective.weight * add_curve + (1 - objective.weight) * orig_curves.mean(axis=0)
+    else:
+        bound = reference[:, None] * (1.0 + objective.tolerance)
+        values = np.where((orig_curves <= bound).all(axis=0), add_curve, np.inf)
+    best = int(np.argmin(values))
+    if not np.isfinite(values[best]):
+        return Optimum(almr=float("nan"), value=float("nan"), at_edge=False, feasible=False)
+    return Optimum(almr=float(grid[best]), value=float(values[best]),
+                   at_edge=best in (0, DENSE_POINTS - 1), feasible=True)

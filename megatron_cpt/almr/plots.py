@@ -1,0 +1,145 @@
+"""PNG plots of an ALMR fit (matplotlib, no display needed: figures render with Agg directly).
+
+- ``heatmap_<language>.png``: final validation loss over the ALMR x LR grid, one per language;
+- ``curves.png``: each language's loss and the objective against the ALMR, per LR, with the
+  interpolating quadratics, the pre-CPT losses and the optimum;
+- ``relation.png``: the best ALMR against the LR with its bootstrap interval and both fitted
+  relations (and the target LR's recommendation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from megatron_cpt.almr.fit import AlmrFit
+from megatron_cpt.almr.objective import quadratic
+from megatron_cpt.almr.relation import FORMULAS, predict
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _bar(center: float, low, high):
+    """Asymmetric error bar; a bootstrap percentile interval need not contain the point estimate."""
+    if low is None:
+        return None
+    return [[max(center - low, 0.0)], [max(high - center, 0.0)]]
+
+
+def _lr_colors(count: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.0, 0.85, count)]
+
+
+def plot_heatmap(result: AlmrFit, language: str, path: Path) -> Path:
+    grid = np.array(result.losses[language], dtype=float)
+    fig = Figure(figsize=(1.1 * len(result.almrs) + 2.2, 0.7 * len(result.lrs) + 1.8))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap="viridis_r", aspect="auto", origin="lower")
+    fig.colorbar(image, ax=ax, label="final validation loss")
+    ax.set_xticks(range(len(result.almrs)), [f"{a:g}" for a in result.almrs])
+    ax.set_yticks(range(len(result.lrs)), [f"{lr:g}" for lr in result.lrs])
+    ax.set_xlabel("ALMR (share of training tokens in " + result.additional_language + ")")
+    ax.set_ylabel("learning rate")
+    middle = np.nanmean(grid) if np.isfinite(grid).any() else 0.0
+    for (i, j), value in np.ndenumerate(grid):
+        ax.text(j, i, "NaN" if np.isnan(value) else f"{value:.3f}", ha="center", va="center",
+                fontsize=8, color="white" if value > middle else "black")
+    before = f" (before CPT: {result.reference[language]:.3f})" if result.reference else ""
+    ax.set_title(f"validation loss, {language}{before}")
+    return save_figure(fig, path)
+
+
+def _objective_points(result: AlmrFit) -> np.ndarray:
+    """The objective at the grid points, [lr, almr] (constrained: the additional-language loss,
+    NaN where an original language is beyond its tolerance)."""
+    add = np.array(result.losses[result.additional_language])
+    orig = np.stack([np.array(result.losses[lang]) for lang in result.original_languages])
+    objective = result.objective
+    if objective.kind == "weighted":
+        return objective.weight * add + (1 - objective.weight) * orig.mean(axis=0)
+    bound = np.array([result.reference[lang] for lang in result.original_languages])
+    within = (orig <= bound[:, None, None] * (1 + objective.tolerance)).all(axis=0)
+    return np.where(within, add, np.nan)
+
+
+def plot_curves(result: AlmrFit, path: Path) -> Path:
+    languages = (result.additional_language, *result.original_languages)
+    panels = len(languages) + 1
+    fig = Figure(figsize=(4.2 * panels, 3.8))
+    axes = fig.subplots(1, panels)
+    almrs = np.array(result.almrs)
+    dense = np.linspace(almrs.min(), almrs.max(), 200)
+    colors = _lr_colors(len(result.lrs))
+    for ax, language in zip(axes, languages):
+        grid = np.array(result.losses[language], dtype=float)
+        for row, lr, color in zip(grid, result.lrs, colors):
+            finite = np.isfinite(row)
+            ax.plot(almrs[finite], row[finite], "o", color=color, label=f"lr {lr:g}")
+            if finite.sum() >= 3:
+                ax.plot(dense, np.polyval(quadratic(almrs[finite], row[finite]), dense), "-",
+                        color=color, lw=1)
+        if result.reference:
+            ax.axhline(result.reference[language], color="grey", ls="--", lw=1, label="before CPT")
+            if result.objective.kind == "constrained" and language in result.original_languages:
+                ax.axhline(result.reference[language] * (1 + result.objective.tolerance),
+                           color="red", ls=":", lw=1, label=f"+{result.objective.tolerance:.1%}")
+        ax.set_title(f"{language} validation loss")
+        ax.set_xlabel("ALMR")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    ax = axes[-1]
+    points = _objective_points(result)
+    for row, optimum, color in zip(points, result.optima, colors):
+        ax.plot(almrs, row, "o-", color=color, lw=0.8, label=f"lr {optimum.lr:g}")
+        if optimum.feasible:
+            xerr = _bar(optimum.almr, optimum.low, optimum.high)
+            ax.errorbar([optimum.almr], [optimum.value], xerr=xerr, fmt="*", ms=12, color=color,
+                        capsize=3)
+    ax.set_title("objective (* = optimum, 68% interval)")
+    ax.set_xlabel("ALMR")
+    fig.suptitle(result.objective_text, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_relation(result: AlmrFit, path: Path) -> Path:
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    for optimum in result.optima:
+        if not optimum.feasible:
+            continue
+        yerr = _bar(optimum.almr, optimum.low, optimum.high)
+        ax.errorbar([optimum.lr], [optimum.almr], yerr=yerr, fmt="o", capsize=4, color="black",
+                    mfc="black" if optimum.in_relation else "white")
+    rec = result.recommendation
+    span = [min(result.lrs), max(result.lrs), rec.lr]
+    lrs = np.geomspace(min(span) / 1.5, max(span) * 1.5, 200)
+    for relation, style in zip(result.relations, ("-", "--")):
+        params = ", ".join(f"{k}={v:.3g}" for k, v in relation.params.items())
+        ax.plot(lrs, predict(relation.model, relation.params, lrs), style, lw=1.2,
+                label=f"{FORMULAS[relation.model]}: {params} (R^2 {relation.r2:.3f})")
+    yerr = _bar(rec.almr, rec.low, rec.high)
+    ax.errorbar([rec.lr], [rec.almr], yerr=yerr, fmt="*", ms=14, color="red", capsize=4,
+                label=f"recommended: ALMR {rec.almr:.3f} at lr {rec.lr:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("best ALMR")
+    ax.set_title("best ALMR against the learning rate (hollow: at the grid edge, not fitted)",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def write_plots(result: AlmrFit, out_dir: Path) -> list[Path]:
+    languages = (result.additional_language, *result.original_languages)
+    paths = [plot_heatmap(result, lang, out_dir / f"heatmap_{lang}.png") for lang in languages]
+    paths.append(plot_curves(result, out_dir / "curves.png"))
+    paths.append(plot_relation(result, out_dir / "relation.png"))
+    return paths

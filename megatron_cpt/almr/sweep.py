@@ -1,0 +1,294 @@
+"""The ALMR x learning-rate grid: one run directory per point with its resolved recipe, a manifest,
+and a runner that skips finished points and resumes unfinished ones.
+
+    tree = apply_overrides(read_yaml("examples/demo_llama3_tiny_cpt_2xcpu.yaml"), overrides)
+    plan = plan_runs(tree, almrs=[0.1, 0.2, 0.33, 0.5], lrs=[1e-3, 3e-3, 1e-2],
+                     sweep_dir="runs/almr_demo", tokens=1_000_000)
+    write_plan(plan)
+    run_sweep(plan, LocalLauncher())
+
+Every point trains the same number of steps of the same batch and sequence length, so the token
+budget is equal and points differ only in ``data.mixture.almr`` and ``optim.lr`` (``optim.min_lr``
+and ``optim.schedule.init_lr`` keep their ratio to ``optim.lr``). One more run, ``reference``,
+evaluates the initial weights (``checkpoint.pretrained``) on the same validation sets: the losses
+before CPT that the constrained objective compares with.
+
+    SWEEP_DIR/sweep.json                 the manifest (grid, budget, languages, runs)
+    SWEEP_DIR/<run>/recipe.yaml          the resolved recipe of each run
+    SWEEP_DIR/<run>/metrics.jsonl ...    what `megatron-cpt train` writes there
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Protocol, Sequence
+
+import yaml
+
+from megatron_cpt.config.recipe import recipe_from_dict
+from megatron_cpt.errors import ConfigError, UserError
+from megatron_cpt.train.metrics import LANGUAGE_LOSS, read_metrics
+
+MANIFEST = "sweep.json"
+RECIPE = "recipe.yaml"
+REFERENCE = "reference"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str  # also its directory under the sweep directory
+    kind: Literal["train", "reference"]
+    almr: Optional[float]  # None for the reference
+    lr: Optional[float]
+    recipe: dict  # the resolved recipe (Recipe.to_dict())
+
+    @property
+    def worker_module(self) -> str:
+        """The module every rank runs (``python -m MODULE RECIPE``)."""
+        return "megatron_cpt.train.worker" if self.kind == "train" else "megatron_cpt.almr.reference"
+
+    def local_command(self, recipe_path: Path) -> list[str]:
+        """Arguments after ``python`` that start this run's ranks on this machine."""
+        if self.kind == "train":
+            return ["-m", "megatron_cpt", "train", str(recipe_path)]
+        return ["-m", "megatron_cpt.almr.reference", str(recipe_path)]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    sweep_dir: str
+    recipe_source: str  # where the base recipe came from, for the manifest
+    almrs: tuple[float, ...]
+    lrs: tuple[float, ...]
+    steps: int
+    tokens_per_step: int
+    additional_language: str
+    languages: tuple[str, ...]
+    runs: tuple[PlannedRun, ...]  # the reference first, then the grid by LR, then ALMR
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.tokens_per_step
+
+    def run_dir(self, run: PlannedRun) -> Path:
+        return Path(self.sweep_dir) / run.name
+
+    def final_step(self, run: PlannedRun) -> int:
+        """The step of the evaluation a finished run has recorded (the reference records step 0)."""
+        return self.steps if run.kind == "train" else 0
+
+    def manifest(self) -> dict:
+        return {"format": FORMAT, "recipe": self.recipe_source, "almrs": list(self.almrs),
+                "lrs": list(self.lrs), "steps": self.steps,
+                "tokens_per_step": self.tokens_per_step, "tokens": self.tokens,
+                "additional_language": self.additional_language,
+                "languages": list(self.languages),
+                "runs": [{"name": r.name, "kind": r.kind, "almr": r.almr, "lr": r.lr}
+                         for r in self.runs]}
+
+
+def run_name(almr: float, lr: float) -> str:
+    return f"almr{almr:g}_lr{lr:g}"
+
+
+def _check_values(values: Sequence[float], option: str, valid, expected: str) -> tuple:
+    if not values:
+        raise UserError(f"{option}: give at least one value")
+    for value in values:
+        if not (math.isfinite(value) and valid(value)):
+            raise UserError(f"{option}: every value must be {expected}, got {value:g}")
+    names = [f"{v:g}" for v in values]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{option}: {', '.join(repeated)} given more than once")
+    return tuple(sorted(float(v) for v in values))
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        tree = tree.setdefault(section, {})
+    tree[leaf] = value
+
+
+def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_dir: str,
+              tokens: Optional[int] = None, recipe_source: str = "") -> SweepPlan:
+    """Resolve and validate the recipe of every point (nothing is written).
+
+    ``base``: the recipe tree with the user's overrides applied; ``tokens``: the training tokens
+    of every run (rounded up to whole steps), default ``train.steps`` of the recipe.
+    """
+    recipe = recipe_from_dict(copy.deepcopy(base)).validate()
+    mixture = recipe.data.mixture
+    if mixture is None:
+        raise ConfigError("data.mixture: the ALMR sweep varies data.mixture.almr, but the recipe "
+                          "names its data with data.paths")
+    if recipe.checkpoint.dir is not None:
+        raise ConfigError("checkpoint.dir: each sweep run keeps its checkpoints in its own run "
+                          "directory; leave checkpoint.dir unset")
+    if recipe.train.stop_at_step is not None:
+        raise ConfigError("train.stop_at_step: every sweep run trains to train.steps; remove it")
+    almrs = _check_values(almrs, "--almr", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+    lrs = _check_values(lrs, "--lr", lambda v: v > 0, "positive")
+    tokens_per_step = recipe.train.global_batch_size * recipe.train.seq_length
+    steps = recipe.train.steps
+    if tokens is not None:
+        if tokens < tokens_per_step:
+            raise UserError(f"--tokens: {tokens} is less than one step ({tokens_per_step} tokens "
+                            f"= train.global_batch_size x train.seq_length)")
+        steps = -(-tokens // tokens_per_step)
+    interval = recipe.train.eval_interval
+    if interval <= 0 or steps % interval:
+        raise ConfigError(f"train.eval_interval: {interval} must divide the sweep's train.steps "
+                          f"{steps} so that the last step is evaluated (e.g. "
+                          f"train.eval_interval={steps})")
+
+    optim = recipe.optim
+
+    def resolve(name: str, kind: str, almr: float, lr: float) -> PlannedRun:
+        tree = copy.deepcopy(base)
+        scale = lr / optim.lr
+        for key, value in (("data.mixture.almr", almr), ("optim.lr", lr),
+                           ("optim.min_lr", optim.min_lr * scale),
+                           ("optim.schedule.init_lr", optim.schedule.init_lr * scale),
+                           ("train.steps", steps),
+                           ("logging.run_dir", str(Path(sweep_dir) / name))):
+            _set(tree, key, value)
+        try:
+            resolved = recipe_from_dict(tree).validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (sweep run {name})") from None
+        return PlannedRun(name=name, kind=kind, almr=None if kind == "reference" else almr,
+                          lr=None if kind == "reference" else lr, recipe=resolved.to_dict())
+
+    runs = [resolve(REFERENCE, "reference", mixture.almr, optim.lr)]
+    runs += [resolve(run_name(a, lr), "train", a, lr) for lr in lrs for a in almrs]
+    languages = tuple(dict.fromkeys(s.language for s in mixture.sources))
+    return SweepPlan(sweep_dir=str(sweep_dir), recipe_source=recipe_source, almrs=almrs, lrs=lrs,
+                     steps=steps, tokens_per_step=tokens_per_step,
+                     additional_language=mixture.additional_language, languages=languages,
+                     runs=tuple(runs))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _recipe_text(run: PlannedRun) -> str:
+    return yaml.safe_dump(run.recipe, sort_keys=False)
+
+
+def write_plan(plan: SweepPlan) -> None:
+    """Write the manifest and each run's recipe; an existing sweep directory must hold this very
+    plan (a rerun resumes it) and is never rewritten."""
+    sweep_dir = Path(plan.sweep_dir)
+    manifest_path = sweep_dir / MANIFEST
+    if manifest_path.is_file():
+        existing, planned = json.loads(manifest_path.read_text()), plan.manifest()
+        # The recipe's path may be spelled differently; its content is compared run by run below.
+        differs = sorted(k for k in set(existing) | set(planned)
+                         if k != "recipe" and existing.get(k) != planned.get(k))
+        if differs:
+            raise UserError(f"{manifest_path}: holds a different sweep ({', '.join(differs)} "
+                            f"differ); use a new sweep directory")
+    for run in plan.runs:
+        path = plan.run_dir(run) / RECIPE
+        if path.is_file() and path.read_text() != _recipe_text(run):
+            raise UserError(f"{path}: differs from the recipe this sweep would run now; use a new "
+                            f"sweep directory")
+    for run in plan.runs:
+        plan.run_dir(run).mkdir(parents=True, exist_ok=True)
+        path = plan.run_dir(run) / RECIPE
+        if not path.is_file():
+            _write_atomic(path, _recipe_text(run))
+    if not manifest_path.is_file():
+        _write_atomic(manifest_path, json.dumps(plan.manifest(), indent=2) + "\n")
+
+
+def read_plan(sweep_dir: str | Path) -> SweepPlan:
+    """The plan of an existing sweep directory (its manifest and run recipes)."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{sweep_dir}: not a sweep directory (no {MANIFEST}; `megatron-cpt almr "
+                        f"sweep` creates one)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT}")
+    runs = []
+    for entry in manifest["runs"]:
+        recipe_path = sweep_dir / entry["name"] / RECIPE
+        if not recipe_path.is_file():
+            raise UserError(f"{recipe_path}: missing (the sweep directory is incomplete)")
+        runs.append(PlannedRun(name=entry["name"], kind=entry["kind"], almr=entry["almr"],
+                               lr=entry["lr"], recipe=yaml.safe_load(recipe_path.read_text())))
+    return SweepPlan(sweep_dir=str(sweep_dir), recipe_source=manifest["recipe"],
+                     almrs=tuple(manifest["almrs"]), lrs=tuple(manifest["lrs"]),
+                     steps=manifest["steps"], tokens_per_step=manifest["tokens_per_step"],
+                     additional_language=manifest["additional_language"],
+                     languages=tuple(manifest["languages"]), runs=tuple(runs))
+
+
+@dataclass(frozen=True)
+class RunState:
+    status: Literal["done", "diverged", "partial", "pending"]
+    step: int  # the last step recorded in metrics.jsonl
+    final: Optional[dict]  # the final evaluation record when done
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "diverged")
+
+
+def run_state(run_dir: Path, final_step: int) -> RunState:
+    """``done`` (the final evaluation is recorded), ``diverged`` (stopped on a non-finite loss:
+    rerunning it would diverge again), ``partial`` (resumable) or ``pending``."""
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
+        return RunState("pending", 0, None)
+    records = read_metrics(run_dir)
+    for record in reversed(records):
+        if record.get("step") == final_step and any(k.startswith(LANGUAGE_LOSS) for k in record):
+            return RunState("done", final_step, record)
+    last = records[-1] if records else {}
+    if last.get("skipped") and last.get("loss") is None:
+        return RunState("diverged", last["step"], None)
+    return RunState("partial", last.get("step", 0), None)
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    run: str
+    status: Literal["finished", "failed", "submitted", "skipped"]
+    detail: str  # a log path, a job id, or why
+
+
+class Launcher(Protocol):
+    """Starts runs of a plan: the local one runs them in turn and returns when they end; a batch
+    system's submits them and returns at once (their state is read back from the run dirs)."""
+
+    def launch(self, plan: SweepPlan, runs: Sequence[PlannedRun]) -> list[LaunchResult]: ...
+
+
+def run_sweep(plan: SweepPlan, launcher: Launcher) -> list[LaunchResult]:
+    """Write the plan, then launch every run that has not finished (an unfinished one resumes
+    from its latest checkpoint: ``checkpoint.resume``)."""
+    write_plan(plan)
+    results, todo = [], []
+    for run in plan.runs:
+        state = run_state(plan.run_dir(run), plan.final_step(run))
+        if state.finished:
+            results.append(LaunchResult(run.name, "skipped", f"{state.status} before"))
+        else:
+            todo.append(run)
+    return results + (launcher.launch(plan, todo) if todo else [])

@@ -1,0 +1,84 @@
+"""`megatron-cpt almr status` and `almr fit` on a finished sweep directory (runs written by a
+stand-in launcher): the fit writes its JSON and PNGs, bad input is one line with exit status 2 and
+writes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_cpt.almr.sweep import plan_runs, write_plan
+from test_almr_sweep import RecordingLauncher, _base
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "megatron_cpt", "almr", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("almr_cli")
+    plan = plan_runs(_base(), [0.1, 0.2, 0.33, 0.5], [1e-3, 3e-3], str(root / "sweep"),
+                     tokens=10 * 1024)
+    write_plan(plan)
+    RecordingLauncher().launch(plan, plan.runs)
+    return Path(plan.sweep_dir)
+
+
+def test_status_lists_every_run(sweep_dir):
+    proc = _cli("status", str(sweep_dir))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("4 ALMR x 2 LR, 10 steps x 1,024 tokens = 10,240 tokens per run")
+    assert lines[-1] == "done 9 (of 9)"
+    assert any(line.split()[:4] == ["almr0.33_lr0.003", "0.33", "0.003", "done"] for line in lines)
+
+
+def test_fit_writes_json_and_plots(sweep_dir, tmp_path):
+    out = tmp_path / "fit"
+    proc = _cli("fit", str(sweep_dir), "--objective", "weighted", "--bootstrap", "20",
+                "--target-lr", "2e-3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "recommended: ALMR 0.3" in proc.stdout
+    result = json.loads((out / "almr_fit.json").read_text())
+    # weighted 0.5 of the stand-in losses: optimum 0.2 + 0.125 at 1e-3 and 0.3 + 0.125 at 3e-3.
+    assert [round(o["almr"], 3) for o in result["optima"]] == [0.325, 0.425]
+    assert {r["model"] for r in result["relations"]} == {"log-linear", "power-law"}
+    assert result["recommendation"]["lr"] == 2e-3 and result["replicates"] == 20
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["almr_fit.json", "curves.png", "heatmap_code.png", "heatmap_en.png",
+                     "heatmap_zh.png", "relation.png"]
+    assert all((out / n).read_bytes()[:4] == b"\x89PNG" for n in names if n.endswith(".png"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "{sweep}", "--objective", "constrained", "--tolerance", "1.5"],
+     "megatron-cpt almr: error: --tolerance: must be in [0, 1), got 1.5"),
+    (["fit", "{sweep}/missing"],
+     "megatron-cpt almr: error: {sweep}/missing: not a sweep directory (no sweep.json; "
+     "`megatron-cpt almr sweep` creates one)"),
+    (["fit", "{sweep}", "--original", "fr"],
+     "megatron-cpt almr: error: --original: expected languages of the sweep other than zh "
+     "(zh, en, code), got fr"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(sweep_dir, tmp_path, args, message):
+    out = tmp_path / "fit"
+    proc = _cli(*[a.format(sweep=sweep_dir) for a in args], "--out", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message.format(sweep=sweep_dir)
+    assert not out.exists()
+
+
+def test_sweep_refuses_a_recipe_without_a_mixture(tmp_path):
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
+    proc = _cli("sweep", str(recipe), "train.eval_interval=10", "--almr", "0.1,0.2,0.3",
+                "--lr", "1e-3,2e-3", "--out", str(tmp_path / "sweep"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("megatron-cpt almr: error: data.mixture: the ALMR sweep varies "
+                                   "data.mixture.almr, but the recipe names its data with data.paths")
+    assert not (tmp_path / "sweep").exists()

@@ -1,0 +1,202 @@
+"""The ALMR sweep plan: one resolved recipe per grid point that differs from the others only in the
+ALMR and the learning rate (equal token budget), a manifest, resumption through run states, and
+one-line errors for a missing or unfinished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from megatron_cpt.almr.fit import collect, fit
+from megatron_cpt.almr.objective import Objective
+from megatron_cpt.almr.sweep import (LaunchResult, plan_runs, read_plan, run_state, run_sweep,
+                                     write_plan)
+from megatron_cpt.config.loader import apply_overrides, read_yaml
+from megatron_cpt.config.recipe import load_recipe
+from megatron_cpt.errors import ConfigError, UserError
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "examples" / "demo_llama3_tiny_cpt_2xcpu.yaml"
+ALMRS, LRS = [0.5, 0.1, 0.33], [3e-3, 1e-3]
+
+
+def _base(*overrides: str) -> dict:
+    return apply_overrides(read_yaml(DEMO), ["train.eval_interval=10", *overrides])
+
+
+def _plan(tmp_path: Path, base: dict | None = None, **kwargs):
+    kwargs.setdefault("tokens", 50 * 1024 - 100)
+    return plan_runs(base or _base(), ALMRS, LRS, str(tmp_path / "sweep"), **kwargs)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_every_point_differs_only_in_almr_and_lr_with_an_equal_token_budget(tmp_path):
+    plan = _plan(tmp_path)
+    # 51,100 tokens at 8 x 128 tokens per step: rounded up to 50 steps.
+    assert plan.steps == 50
+    assert plan.tokens_per_step == 1024 and plan.tokens == plan.steps * 1024
+    assert plan.almrs == (0.1, 0.33, 0.5) and plan.lrs == (1e-3, 3e-3)
+    assert [r.name for r in plan.runs] == ["reference"] + [
+        f"almr{a:g}_lr{lr:g}" for lr in (1e-3, 3e-3) for a in (0.1, 0.33, 0.5)]
+    base = _flatten(plan.runs[1].recipe)
+    for run in plan.runs[1:]:
+        flat = _flatten(run.recipe)
+        assert flat["data.mixture.almr"] == run.almr and flat["optim.lr"] == run.lr
+        assert flat["optim.min_lr"] == pytest.approx(run.lr / 10)  # the demo's ratio
+        assert flat["train.steps"] == plan.steps
+        assert flat["logging.run_dir"] == str(tmp_path / "sweep" / run.name)
+        differs = {k for k in flat if flat[k] != base[k]}
+        assert differs <= {"data.mixture.almr", "optim.lr", "optim.min_lr", "logging.run_dir"}
+
+
+def test_tokens_must_give_an_evaluated_last_step(tmp_path):
+    with pytest.raises(ConfigError, match=r"^train.eval_interval: 10 must divide the sweep's "
+                                          r"train.steps 49 .*train.eval_interval=49\)$"):
+        _plan(tmp_path, tokens=49 * 1024)
+    assert _plan(tmp_path, tokens=49 * 1024 + 1).steps == 50
+    with pytest.raises(UserError, match=r"^--tokens: 100 is less than one step \(1024 tokens"):
+        _plan(tmp_path, tokens=100)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("checkpoint.dir=/tmp/shared", "^checkpoint.dir: each sweep run keeps its checkpoints"),
+    ("train.stop_at_step=5", "^train.stop_at_step: every sweep run trains to train.steps"),
+    ("optim.lr=-1", r"^optim.lr: must be positive, got -1.0$"),
+])
+def test_recipe_errors_name_the_field(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        _plan(tmp_path, _base(override))
+
+
+def test_grid_values_are_checked(tmp_path):
+    with pytest.raises(UserError, match=r"^--almr: every value must be in \[0, 1\], got 1.5$"):
+        plan_runs(_base(), [0.1, 1.5], LRS, str(tmp_path))
+    with pytest.raises(UserError, match=r"^--lr: every value must be positive, got 0$"):
+        plan_runs(_base(), ALMRS, [0.0], str(tmp_path))
+    with pytest.raises(UserError, match=r"^--almr: 0.1 given more than once$"):
+        plan_runs(_base(), [0.1, 0.1], LRS, str(tmp_path))
+
+
+def test_written_recipes_load_back_and_a_different_rerun_is_refused(tmp_path):
+    plan = _plan(tmp_path)
+    write_plan(plan)
+    write_plan(plan)  # the same plan again: a resume, nothing rewritten
+    for run in plan.runs:
+        path = plan.run_dir(run) / "recipe.yaml"
+        assert load_recipe(path).to_dict() == run.recipe
+    assert read_plan(plan.sweep_dir) == plan
+    other = plan_runs(_base(), [0.1, 0.2, 0.33], LRS, plan.sweep_dir, tokens=50 * 1024)
+    with pytest.raises(UserError, match=r"sweep.json: holds a different sweep \(almrs, runs differ\)"):
+        write_plan(other)
+    changed = plan_runs(_base("train.seed=7"), ALMRS, LRS, plan.sweep_dir, tokens=50 * 1024)
+    with pytest.raises(UserError, match=r"reference/recipe.yaml: differs from the recipe"):
+        write_plan(changed)
+    with pytest.raises(UserError, match=r"^\S+/nowhere: not a sweep directory \(no sweep.json"):
+        read_plan(tmp_path / "nowhere")
+
+
+def _finish(run_dir: Path, step: int, losses: dict[str, float], partial: bool = False) -> None:
+    """What a run writes: metrics.jsonl with the final evaluation record."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records = [{"step": s, "loss": 5.0} for s in range(1, step)]
+    final = {"step": step, "loss": 5.0}
+    if not partial:
+        for lang, value in losses.items():
+            final[f"val_loss_by_language/{lang}"] = value
+            final[f"val_batch_loss_by_language/{lang}"] = [value - 0.01, value + 0.01]
+    with open(run_dir / "metrics.jsonl", "w") as out:
+        for record in records + [final]:
+            out.write(json.dumps(record) + "\n")
+
+
+def _losses(almr: float, lr: float) -> dict[str, float]:
+    bowl = (almr - (0.2 if lr < 2e-3 else 0.3)) ** 2
+    return {"zh": 7.0 - almr + bowl, "en": 5.0 + almr + bowl, "code": 5.0 + bowl}
+
+
+class RecordingLauncher:
+    """Stands in for the local one: finishes each run it is given by writing its metrics."""
+
+    def __init__(self):
+        self.launched: list[str] = []
+
+    def launch(self, plan, runs):
+        for run in runs:
+            self.launched.append(run.name)
+            step = plan.final_step(run)
+            losses = ({"zh": 8.0, "en": 5.0, "code": 5.0} if run.kind == "reference"
+                      else _losses(run.almr, run.lr))
+            _finish(plan.run_dir(run), step, losses)
+        return [LaunchResult(run.name, "finished", "") for run in runs]
+
+
+def test_run_sweep_skips_finished_points_and_resumes_the_rest(tmp_path):
+    plan = _plan(tmp_path, tokens=10 * 1024)
+    write_plan(plan)
+    first, unfinished = plan.runs[1], plan.runs[2]
+    _finish(plan.run_dir(first), plan.steps, _losses(first.almr, first.lr))
+    _finish(plan.run_dir(unfinished), 6, {}, partial=True)
+    assert run_state(plan.run_dir(first), plan.steps).status == "done"
+    assert run_state(plan.run_dir(unfinished), plan.steps).step == 6
+    launcher = RecordingLauncher()
+    results = run_sweep(plan, launcher)
+    assert launcher.launched == [r.name for r in plan.runs if r.name != first.name]
+    assert [r.status for r in results].count("skipped") == 1
+    again = RecordingLauncher()
+    run_sweep(plan, again)
+    assert again.launched == []
+
+    result = fit(collect(plan.sweep_dir), Objective("weighted", weight=0.5), bootstrap=50)
+    assert result.original_languages == ("en", "code")
+    assert result.validation_batches == 2 and result.replicates == 50
+    assert result.reference == {"zh": 8.0, "en": 5.0, "code": 5.0}
+
+
+def test_collect_names_a_missing_or_unfinished_run(tmp_path):
+    plan = _plan(tmp_path, tokens=10 * 1024)
+    write_plan(plan)
+    RecordingLauncher().launch(plan, plan.runs)
+    target = plan.runs[3]
+    metrics = plan.run_dir(target) / "metrics.jsonl"
+    metrics.unlink()
+    with pytest.raises(UserError, match=rf"^{plan.run_dir(target)}: not run yet \(no "
+                                        rf"metrics.jsonl\); run `megatron-cpt almr sweep` again"):
+        collect(plan.sweep_dir)
+    _finish(plan.run_dir(target), 4, {}, partial=True)
+    with pytest.raises(UserError, match=rf"^{plan.run_dir(target)}: unfinished \(step 4 of 10\); "
+                                        rf"run `megatron-cpt almr sweep` again to resume it$"):
+        collect(plan.sweep_dir)
+    (plan.run_dir(plan.runs[0]) / "recipe.yaml").unlink()
+    with pytest.raises(UserError, match=r"reference/recipe.yaml: missing"):
+        collect(plan.sweep_dir)
+
+
+def test_a_diverged_run_is_not_rerun_and_is_left_out_of_the_fit(tmp_path):
+    plan = plan_runs(_base(), [0.1, 0.2, 0.33, 0.5], LRS, str(tmp_path / "sweep"), tokens=10 * 1024)
+    write_plan(plan)
+    diverged = next(r for r in plan.runs if r.almr == 0.1 and r.lr == 3e-3)
+    with open(plan.run_dir(diverged) / "metrics.jsonl", "w") as out:
+        out.write(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+        out.write(json.dumps({"step": 2, "loss": None, "skipped": True}) + "\n")
+    assert run_state(plan.run_dir(diverged), plan.steps).status == "diverged"
+    launcher = RecordingLauncher()
+    run_sweep(plan, launcher)
+    assert diverged.name not in launcher.launched and len(launcher.launched) == len(plan.runs) - 1
+    results = collect(plan.sweep_dir)
+    nan_runs = [r.name for r in results.runs if r.losses["zh"] != r.losses["zh"]]
+    assert nan_runs == [diverged.name]
+    # weighted 0.5: 6 - 0.25 a + (a - a0)^2 with a0 = 0.2 (1e-3) and 0.3 (3e-3): optima a0 + 0.125.
+    result = fit(results, Objective("weighted"), bootstrap=20)
+    assert [round(o.almr, 3) for o in result.optima] == [0.325, 0.425]
+    assert result.replicates == 20 and all(o.std is not None for o in result.optima)
