@@ -7,8 +7,10 @@ script into the run directory, and optionally submit it.
         --partition gpu --account proj --time 2-00:00:00 --container-image nvcr.io#nvidia/pytorch:25.09-py3 \\
         --container-mounts /data:/data,/checkpoints:/checkpoints
 
-It writes RUN_DIR/job.recipe.yaml (the validated recipe the job trains with) and RUN_DIR/job.sbatch,
-and prints the script's path; with --submit, the job id. Nothing is written when a check fails.
+It checks the layout against the allocation and prints the memory estimate per GPU (refusing a
+layout that does not fit unless --force), writes RUN_DIR/job.recipe.yaml (the validated recipe the
+job trains with) and RUN_DIR/job.sbatch, and prints the script's path; with --submit, the job id.
+Nothing is written when a check fails.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def register(verbs) -> None:
                         "checkpoint save time measured in RUN_DIR/metrics.jsonl)")
     p.add_argument("--python", help="interpreter on the nodes (default: this one, or `python` "
                                     "in a container)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, metavar="GB",
+                   help="memory per GPU for the estimate (default 80, H100)")
+    p.add_argument("--force", action="store_true",
+                   help="write (and submit) even when the memory estimate says it does not fit")
     p.add_argument("--submit", action="store_true", help="submit with sbatch and print the job id")
     p.set_defaults(func=run_slurm)
 
@@ -51,6 +57,20 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     tmp.write_text(text)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def _check_memory(recipe, gpu_memory_gb: float, force: bool) -> None:
+    from megatron_cpt.errors import UserError
+    from megatron_cpt.profile.memory import GB, estimate_memory, format_estimate
+
+    estimate = estimate_memory(recipe, gpu_memory_gb)
+    print(format_estimate(estimate))
+    if not estimate.fits and not force:
+        raise UserError(
+            f"memory: stage {estimate.most_loaded.stage} needs "
+            f"{estimate.most_loaded.total / GB:.1f} GB per GPU, more than the "
+            f"{estimate.usable_bytes / GB:.1f} GB usable of {gpu_memory_gb:g} GB (estimate above); "
+            f"change the layout (parallel.*, model.recompute) or pass --force")
 
 
 def run_slurm(args) -> int:
@@ -74,6 +94,8 @@ def run_slurm(args) -> int:
         raise UserError(f"logging.run_dir: '{run_dir}' contains whitespace, which #SBATCH "
                         f"--output cannot hold")
     recipe.logging.run_dir = str(run_dir)
+    if recipe.launch.accelerator == "gpu":
+        _check_memory(recipe, args.gpu_memory_gb, args.force)
     resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
                     with_validation=recipe.train.eval_interval > 0)
     if args.signal_lead is not None:

@@ -168,3 +168,19 @@ def test_job_recipe_round_trips(tmp_path):
     path = tmp_path / "job.recipe.yaml"
     path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     assert load_recipe(path).to_dict() == recipe.to_dict()
+
+
+def test_layout_that_does_not_fit_in_memory_is_refused_unless_forced(tmp_path, capsys):
+    # The 8B 32-GPU recipe at TP1 (seq 8192, no recompute) needs about 103 GB per GPU.
+    run_dir = tmp_path / "run"
+    args = ["launch", "slurm", str(REPO / "examples" / "llama3_8b_cpt_32xh100_fp8.yaml"),
+            "parallel.tp=1", f"logging.run_dir={run_dir}", "--partition", "gpu", "--time", "04:00:00"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "DOES NOT FIT" in captured.out
+    assert captured.err.startswith("megatron-cpt launch: error: memory: stage 0 needs 103.")
+    assert not run_dir.exists()
+    # Forced, it goes on to the next check (this machine has no /data for the recipe).
+    assert main(args + ["--force"]) == 2
+    assert "error: data.mixture.sources[0].prefix" in capsys.readouterr().err
+    assert not run_dir.exists()
