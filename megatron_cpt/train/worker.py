@@ -9,6 +9,7 @@ pass the status on; ``megatron-cpt train`` and the Slurm script read ``RUN_DIR/p
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,9 +32,9 @@ def train_this_rank(recipe: Recipe) -> int:
         return 3
     if dist.get_rank() == 0:
         (run_dir / "recipe.resolved.json").write_text(json.dumps(recipe.to_dict(), indent=2))
-        print(f"[megatron-cpt] {outcome.stop_reason.label}: step {outcome.last_step}, loss "
-              f"{outcome.last_loss:.4f}, run dir {run_dir}, checkpoint {outcome.checkpoint}",
-              flush=True)
+        loss = "" if math.isnan(outcome.last_loss) else f", loss {outcome.last_loss:.4f}"
+        print(f"[megatron-cpt] {outcome.stop_reason.label}: step {outcome.last_step}{loss}, "
+              f"run dir {run_dir}, checkpoint {outcome.checkpoint}", flush=True)
     destroy_parallel()
     if outcome.stop_reason.resumable and "TORCHELASTIC_RUN_ID" not in os.environ:
         return EXIT_RESUMABLE
