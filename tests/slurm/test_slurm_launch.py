@@ -41,17 +41,18 @@ def common(tmp_path_factory):
             "train.micro_batch_size=1", "model.dtype=fp32", "checkpoint.save_interval=0"]
 
 
-def _submit(overrides: list[str], run_dir: Path) -> str:
+def _submit(overrides: list[str], run_dir: Path, tasks: str = "per-node") -> str:
     out = run_cli(["launch", "slurm", str(TINY_RECIPE), *overrides, f"logging.run_dir={run_dir}",
                    "--partition", "debug", "--time", "00:20:00", "--signal-lead", "120",
-                   "--submit"])
+                   "--tasks", tasks, "--submit"])
     assert str(run_dir / "job.sbatch") in out.stdout.splitlines()
     return out.stdout.split("submitted job ")[1].split()[0]
 
 
-def test_job_runs_to_completion(slurm, common, tmp_path):
+@pytest.mark.parametrize("tasks", ["per-node", "per-gpu"])
+def test_job_runs_to_completion(slurm, common, tmp_path, tasks):
     run_dir = tmp_path / "run"
-    job = _submit(common + ["train.steps=6"], run_dir)
+    job = _submit(common + ["train.steps=6"], run_dir, tasks)
     _wait_for(lambda: slurm.job_field(job, "JobState") == "COMPLETED", 300, "job completion",
               slurm, job)
     assert slurm.job_field(job, "ExitCode") == "0:0"
