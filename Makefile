@@ -1,13 +1,14 @@
 # make test   — the whole CPU test suite (creates .venv/ on first use)
 # make demo   — corpus -> tokenizer -> indexed data -> tiny Llama CPT on 2 CPU ranks -> HF export
 # make almr-study — the demo's data and base model -> ALMR x LR sweep -> fitted relation (docs/ALMR.md)
+# make gpu-check — on one CUDA GPU without network (see docs/BENCHMARKS.md)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # CPU build from local disk; on a GPU machine set TORCH_SPEC=torch (or keep the image's torch).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test test-unit test-distributed demo almr-study bench clean
+.PHONY: test test-unit test-distributed demo almr-study bench gpu-check clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,17 @@ almr-study: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/prepare_bench.py
 	$(PY) bench/convert_bench.py
+
+# One CUDA GPU, no network, no Transformer Engine, the machine's own Python and torch: megatron-core
+# from the wheel in .whl/ (pip download megatron-core==0.16.1 --python-version 3.12
+# --only-binary=:all: --no-deps -d .whl/), this project with --no-deps, then tests/gpu and
+# bench/gpu_throughput.py; every figure in $(GPU_CHECK_JSON).
+GPU_PYTHON ?= python3
+GPU_CHECK_JSON ?= outputs/gpu_check.json
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile .whl/megatron_core-0.16.1-*.whl
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-build-isolation -e .
+	$(GPU_PYTHON) bench/gpu_check.py --out $(GPU_CHECK_JSON)
 
 clean:
 	rm -rf runs outputs .pytest_cache

@@ -17,7 +17,7 @@ setup(
     + [f"megatron_cpt.conversion.{p}" for p in find_packages("conversion")],
     # The top-level launch/ and conversion/ folders install inside megatron_cpt, never bare.
     package_dir={"megatron_cpt.launch": "launch", "megatron_cpt.conversion": "conversion"},
-    package_data={"megatron_cpt.launch": ["templates/*"]},
+    package_data={"megatron_cpt.launch": ["templates/*"], "megatron_cpt.profile": ["templates/*"]},
     install_requires=[
         MCORE,
         # torch is pinned by the Makefile/CI (the local CPU build); any 2.x with megatron-core works.
@@ -25,7 +25,8 @@ setup(
         "numpy",
         "psutil",  # megatron-core dist_checkpointing writers need it
         "pyyaml",
-        "transformers>=4.45",
+        # 5.x: data train-tokenizer converts sentencepiece with its TokenizersBackend (ids checked).
+        "transformers>=5.0",
         "safetensors",
         "tokenizers",
         "tiktoken",

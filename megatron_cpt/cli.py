@@ -22,6 +22,7 @@ VERBS = {
     "data": ("megatron_cpt.data.cli", "corpora, tokenizers, indexed datasets and ALMR mixtures"),
     "train": ("megatron_cpt.train.cli", "train (continual pre-training) from a recipe"),
     "convert": ("megatron_cpt.conversion.cli", "Hugging Face <-> megatron-core checkpoints"),
+    "profile": ("megatron_cpt.profile.cli", "throughput report of a run; memory estimate of a recipe"),
     "almr": ("megatron_cpt.almr.cli", "the ALMR x learning-rate study: sweep, status, fit"),
 }
 

@@ -62,6 +62,9 @@ class Recipe:
                 f"(model.vocab_size={self.model.vocab_size})")
         self.checkpoint.validate()
         self.logging.validate()
+        if self.logging.trace_steps and self.logging.trace_steps[1] > self.train.steps:
+            raise ConfigError(f"logging.trace_steps: step {self.logging.trace_steps[1]} is after "
+                              f"the last step (train.steps={self.train.steps})")
         return self
 
     def to_dict(self) -> dict:

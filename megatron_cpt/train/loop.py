@@ -39,8 +39,12 @@ class StepRecord:
     """What one step did, as the loop records it."""
 
     result: StepResult
-    step_time_s: float
+    timing: dict[str, float]  # step time and its breakdown (megatron_cpt.train.timers)
     batch_digest: str | None
+
+    @property
+    def step_time_s(self) -> float:
+        return self.timing["step_time_s"]
 
 
 def train_one_step(state: TrainState) -> StepRecord:
@@ -49,18 +53,18 @@ def train_one_step(state: TrainState) -> StepRecord:
 
     cfg, progress = state.recipe, state.progress
     gbs = cfg.train.global_batch_size
-    start = time.perf_counter()
+    state.timers.start(progress.step + 1)
     # Which samples this step trains on, comparable across layouts and resumes.
     digest = (global_batch_digest(state.data.train, progress.consumed_samples, gbs)
               if cfg.data.batch_digest and is_logging_rank() else None)
-    batches = microbatches(state.data.train, progress.consumed_samples, cfg.train, state.dp_rank,
-                           state.dp_size)
+    batches = state.timers.batches(microbatches(state.data.train, progress.consumed_samples,
+                                                cfg.train, state.dp_rank, state.dp_size))
     result = train_step(state.model, state.optimizer, state.scheduler, batches,
                         state.num_microbatches, cfg.train.seq_length, cfg.train.micro_batch_size,
-                        skip_nonfinite=cfg.train.nonfinite_loss == "skip")
+                        skip_nonfinite=cfg.train.nonfinite_loss == "skip", timers=state.timers)
     progress.step += 1
     progress.consumed_samples += gbs
-    return StepRecord(result, time.perf_counter() - start, digest)
+    return StepRecord(result, state.timers.stop(progress.step), digest)
 
 
 def maybe_evaluate(state: TrainState, record: StepRecord) -> dict[str, float]:
@@ -75,11 +79,14 @@ def maybe_evaluate(state: TrainState, record: StepRecord) -> dict[str, float]:
 
 def record_step(state: TrainState, record: StepRecord, evals: dict[str, float]) -> None:
     """Write the step's metrics and log line; apply the non-finite-loss policy."""
+    from megatron_cpt.profile.throughput import peak_memory_gb
     from megatron_cpt.train.schedule import current_lr
 
     cfg, progress, result = state.recipe, state.progress, record.result
     values = {"loss": result.loss, "lr": current_lr(state.optimizer), "tokens": result.tokens,
-              "step_time_s": record.step_time_s}
+              **record.timing, **state.throughput.values(record.step_time_s), **peak_memory_gb()}
+    if "pipeline_bubble" in record.timing:
+        values["pipeline_bubble_estimate"] = state.throughput.bubble_estimate
     if not math.isfinite(result.loss):
         state.consecutive_skips += 1
         progress.skipped_steps += 1
@@ -112,10 +119,13 @@ def maybe_checkpoint(state: TrainState, at_end: bool = False) -> None:
     due = cfg.checkpoint.save_at_end if at_end else bool(interval) and step % interval == 0
     if not due:
         return
+    start = time.perf_counter()
     state.last_saved = save_training_checkpoint(
         state.ckpt_dir, state.model, state.optimizer, state.scheduler, state.progress, cfg.model,
         cfg.parallel, cfg.checkpoint.keep_last)
     state.saved_step = step
+    # Added to this step's record; the launch work sizes its pre-emption warning from it.
+    state.metrics.write(step, {"checkpoint_save_s": time.perf_counter() - start})
 
 
 def run_training(recipe: Recipe) -> TrainOutcome:

@@ -24,6 +24,8 @@ class MetricsWriter:
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
+        self._last: dict | None = None  # the newest record and where it starts in the file
+        self._last_offset = 0
         if not enabled:
             return
         run_dir = Path(run_dir)
@@ -35,10 +37,19 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def write(self, step: int, values: dict[str, Any]) -> None:
+        """Append the record of ``step``. A second write for the step just written adds its values
+        to that record (the checkpoint time is measured after the step was recorded)."""
         if not self.enabled:
             return
-        record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
+        cleaned = {k: _clean(v) for k, v in values.items()}
+        if self._last is not None and self._last["step"] == step:
+            self._jsonl.truncate(self._last_offset)
+            record = {**self._last, **cleaned}
+        else:
+            record = {"step": step, **cleaned}
+        self._last_offset = self._jsonl.seek(0, 2)
         self._jsonl.write(json.dumps(record) + "\n")
+        self._last = record
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and value is not None and math.isfinite(value):
@@ -53,5 +64,15 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of ``RUN_DIR/metrics.jsonl``, one per step, in file order."""
+    from megatron_cpt.errors import UserError
+
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+    return records

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megatron_cpt.config.recipe import Recipe
 from megatron_cpt.train.checkpoint import TrainingProgress
 from megatron_cpt.train.metrics import MetricsWriter
+from megatron_cpt.train.timers import StepTimers
 
 
 def checkpoint_dir(recipe: Recipe) -> Path:
@@ -46,6 +47,8 @@ class TrainState:
     dp_rank: int
     dp_size: int
     num_microbatches: int
+    timers: StepTimers  # where each step's time goes (megatron_cpt.train.timers)
+    throughput: object  # megatron_cpt.profile.throughput.ThroughputMeter
     # The checkpoint this run resumed from, the newest one it saved, and that one's step.
     resumed_from: Optional[Path] = None
     last_saved: Optional[Path] = None
@@ -75,6 +78,7 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
     from megatron_cpt.data.datasets import build_training_data
     from megatron_cpt.model.build import build_model
+    from megatron_cpt.profile.throughput import ThroughputMeter
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
     from megatron_cpt.train.checkpoint import (check_model_matches, find_resume_checkpoint,
                                                load_training_checkpoint)
@@ -122,10 +126,15 @@ def build_state(cfg: Recipe) -> TrainState:
         (run_dir / "mixture.json").write_text(json.dumps(data.plan.to_dict(), indent=2))
         _truncate_metrics_after(run_dir, progress.step)
 
-    # 5. Metrics, written by one rank.
+    # 5. Metrics, written by one rank; step timers and throughput, on every rank.
     metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=is_logging_rank())
+    timers = StepTimers(transformer_config, cfg.logging.detail_interval, cfg.logging.trace_steps,
+                        run_dir / "trace")
+    throughput = ThroughputMeter(cfg, dist.get_world_size())
+    log(f"MFU against {throughput.peak.describe()}")
     return TrainState(
         recipe=cfg, model=model, optimizer=optimizer, scheduler=scheduler, data=data,
         metrics=metrics, progress=progress, ckpt_dir=ckpt_dir, dp_rank=dp_rank, dp_size=dp_size,
-        num_microbatches=cfg.train.num_microbatches(dp_size), resumed_from=resume_from,
+        num_microbatches=cfg.train.num_microbatches(dp_size), timers=timers,
+        throughput=throughput, resumed_from=resume_from,
         last_saved=resume_from, saved_step=progress.step if resume_from is not None else None)

@@ -10,6 +10,7 @@ batch therefore compute the same loss and the same update.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator
@@ -82,7 +83,9 @@ def run_forward_backward(model_chunks, batches: Iterator[dict], num_microbatches
 
 
 def train_step(model_chunks, optimizer, scheduler, batches: Iterator[dict], num_microbatches: int,
-               seq_length: int, micro_batch_size: int, skip_nonfinite: bool) -> StepResult:
+               seq_length: int, micro_batch_size: int, skip_nonfinite: bool,
+               timers=None) -> StepResult:
+    """``timers`` (megatron_cpt.train.timers.StepTimers) times the optimizer when given."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -94,7 +97,8 @@ def train_step(model_chunks, optimizer, scheduler, batches: Iterator[dict], num_
             optimizer.zero_grad()
             return StepResult(loss=float("nan"), tokens=tokens, grad_norm=None, skipped=True)
         return StepResult(loss=float("nan"), tokens=tokens, grad_norm=None, skipped=False)
-    update_successful, grad_norm, _ = optimizer.step()
+    with timers.phase("optimizer") if timers is not None else nullcontext():
+        update_successful, grad_norm, _ = optimizer.step()
     if update_successful:
         scheduler.step(increment=1)
     return StepResult(loss=loss, tokens=tokens, grad_norm=grad_norm, skipped=not update_successful)

@@ -30,3 +30,13 @@ def test_three_bf16_steps_on_cuda(tmp_path):
     values = losses(run_dir)
     assert len(values) == 3 and all(math.isfinite(v) for v in values)
     assert values[-1] < values[0]
+    # Throughput against this card's peak from the table (no MFU on a card it does not know).
+    from megatron_cpt.profile.hardware import peak_for
+    from megatron_cpt.train.metrics import read_metrics
+
+    peak = peak_for(torch.cuda.get_device_name(), "bf16").tflops
+    for record in read_metrics(run_dir):
+        assert record["device"] == torch.cuda.get_device_name() and record["peak_tflops"] == peak
+        assert record["tflops_per_gpu"] > 0 and record["memory_allocated_peak_gb"] > 0
+        assert record["memory_reserved_peak_gb"] >= record["memory_allocated_peak_gb"]
+        assert (record["mfu"] is None) == (peak is None)

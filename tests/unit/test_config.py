@@ -33,17 +33,22 @@ def test_examples_cover_8b_and_70b_fp8_on_h100():
         assert recipe.model.fp8 is not None and recipe.model.dtype == "bf16"
 
 
-def test_preset_shapes_are_the_published_ones():
-    r8 = load_recipe(TINY, ["model.preset=llama3-8b", "model.dtype=bf16", "parallel.tp=2"])
+def test_preset_shapes_are_the_published_ones(tmp_path):
+    recipe = tmp_path / "preset.yaml"
+    # only the preset: no model field overrides it
+    recipe.write_text("model: {preset: llama3-tiny}\ndata: {paths: [unused]}\n")
+    r8 = load_recipe(recipe, ["model.preset=llama3-8b", "model.dtype=bf16"])
     m = r8.model
     assert (m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
             m.num_query_groups, m.vocab_size, m.rope_theta, m.norm_eps, m.tie_embeddings) == (
         32, 4096, 14336, 32, 8, 128256, 500000.0, 1e-5, False)
-    r70 = load_recipe(TINY, ["model.preset=llama3-70b", "parallel.tp=2"])
+    r70 = load_recipe(recipe, ["model.preset=llama3-70b"])
     m = r70.model
     assert (m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
-            m.num_query_groups) == (80, 8192, 28672, 64, 8)
-    assert load_recipe(TINY, ["model.preset=llama3.1-8b"]).model.rope_scaling.factor == 8.0
+            m.num_query_groups, m.vocab_size) == (80, 8192, 28672, 64, 8, 128256)
+    assert load_recipe(recipe, ["model.preset=llama3.1-8b"]).model.rope_scaling.factor == 8.0
+    # a recipe's own field wins over its preset (the tiny CPU recipe sets the demo's vocabulary)
+    assert load_recipe(TINY, ["model.preset=llama3-8b"]).model.vocab_size == 4000
 
 
 def test_overrides_are_typed_and_nested():

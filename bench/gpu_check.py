@@ -1,0 +1,78 @@
+"""`make gpu-check`: the GPU tests and the throughput benchmark on one CUDA device, with every figure
+in one JSON file.
+
+    python bench/gpu_check.py --out outputs/gpu_check.json
+
+Runs ``pytest tests/gpu`` and ``bench/gpu_throughput.py`` (defaults: Llama-3-8B shape, 4 layers,
+seq 8192, BF16, ours against Hugging Face) each under its own time limit, so that the whole check
+ends well inside 8 minutes; megatron-core and this project must already be installed (the Makefile
+target does that from .whl/ without network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, metavar="JSON")
+    parser.add_argument("--tests-timeout", type=int, default=180, metavar="S")
+    parser.add_argument("--bench-timeout", type=int, default=240, metavar="S")
+    parser.add_argument("bench_args", nargs=argparse.REMAINDER,
+                        help="after --: arguments for bench/gpu_throughput.py")
+    args = parser.parse_args(argv)
+    if args.tests_timeout < 1 or args.bench_timeout < 1:
+        parser.error("--tests-timeout / --bench-timeout: must be >= 1 second")
+    if args.bench_args[:1] == ["--"]:
+        args.bench_args = args.bench_args[1:]
+    return args
+
+
+def run_step(command: list[str], timeout: int) -> dict:
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        status, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:
+        status, output = "timeout", (exc.stdout or b"").decode(errors="replace")
+    print(output[-3000:], flush=True)
+    return {"command": " ".join(command), "status": status,
+            "seconds": round(time.perf_counter() - start, 1), "tail": output[-1500:]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu-check: CUDA is not available on this machine", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bench_json = out.with_name(out.stem + ".throughput.json")
+    bench_json.unlink(missing_ok=True)  # never report an earlier run's figures
+    start = time.perf_counter()
+    tests = run_step([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"],
+                     args.tests_timeout)
+    bench = run_step([sys.executable, "bench/gpu_throughput.py", "--out", str(bench_json),
+                      *args.bench_args], args.bench_timeout)
+    result = {"card": torch.cuda.get_device_name(), "tests_gpu": tests, "bench": bench,
+              "throughput": json.loads(bench_json.read_text()) if bench_json.is_file() else None,
+              "total_seconds": round(time.perf_counter() - start, 1)}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    print(f"gpu-check: figures in {out}")
+    return 0 if tests["status"] == 0 and bench["status"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
