@@ -85,6 +85,11 @@ INVALID = [
     (["checkpoint.save_interval=-1"], "checkpoint.save_interval"),
     (["parallel.sequence_parallel=true", "parallel.tp=1", "launch.procs_per_node=1"],
      "parallel.sequence_parallel"),
+    # Context parallelism is refused, never silently ignored.
+    (["parallel.cp=2", "parallel.tp=1"], "parallel.cp"),
+    (["model.dtype=bf16", "model.fp8={param_gather: true}", "parallel.distributed_optimizer=false"],
+     "model.fp8.param_gather"),
+    (["model.rope_scaling={factor: 8.0, low_freq_factor: 2.0}"], "model.rope_scaling"),
 ]
 
 
@@ -108,6 +113,13 @@ def test_cli_rejects_invalid_recipe_without_a_run_dir(tmp_path):
 def test_missing_recipe_file_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_sequence_parallel_is_on_whenever_tp_exceeds_one():
+    assert ParallelConfig(tp=2).sequence_parallel_enabled
+    assert not ParallelConfig(tp=1).sequence_parallel_enabled
+    assert not ParallelConfig(tp=2, sequence_parallel=False).sequence_parallel_enabled
+    assert load_recipe(TINY).parallel.sequence_parallel_enabled  # the tiny recipe runs TP=2
 
 
 def test_pipeline_stage_layer_counts():
