@@ -25,7 +25,8 @@ setup(
         "numpy",
         "psutil",  # megatron-core dist_checkpointing writers need it
         "pyyaml",
-        "transformers>=4.45",
+        # 5.x: data train-tokenizer converts sentencepiece with its TokenizersBackend (ids checked).
+        "transformers>=5.0",
         "safetensors",
         "tokenizers",
         "tiktoken",
@@ -33,6 +34,7 @@ setup(
         "tensorboard",
         "tqdm",
         "matplotlib",
+        "scipy",  # shape-preserving interpolation of the ALMR study's loss curves
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},

@@ -3,6 +3,7 @@
     megatron-cpt convert hf-to-mcore --hf-dir HF --out-dir CKPT --tp 2 --pp 2
     megatron-cpt convert mcore-to-hf --ckpt-dir CKPT --out-dir HF_OUT --hf-config-from HF
     megatron-cpt convert verify --hf-dir HF --ckpt-dir CKPT --tp 2 --pp 2
+    megatron-cpt convert generate --hf-dir HF_OUT --prompt "床前明月光，" --prompt "The quick"
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 
 
 def register(verbs) -> None:
-    from megatron_cpt.conversion import hf_to_mcore, mcore_to_hf, verify
+    from megatron_cpt.conversion import generate, hf_to_mcore, mcore_to_hf, verify
 
     parser = verbs.add_parser("convert", help="convert checkpoints between Hugging Face and megatron-core",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,6 +24,8 @@ def register(verbs) -> None:
          "megatron-core checkpoint -> Hugging Face safetensors"),
         ("verify", verify, verify.run_verify,
          "compare the logits of both on one token batch"),
+        ("generate", generate, generate.run_generate,
+         "continue prompts with transformers from a Hugging Face export (greedy)"),
     ):
         command = sub.add_parser(name, help=summary, description=module.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

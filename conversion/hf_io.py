@@ -202,6 +202,26 @@ def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
     return copied
 
 
+def tokenizer_token_ids(directory: Path) -> tuple[int, dict[str, int]]:
+    """(number of tokens, {"bos_token_id": .., "eos_token_id": ..}) of the Hugging Face tokenizer in
+    ``directory`` (``tokenizer.json`` + the bos/eos tokens named in ``tokenizer_config.json``)."""
+    from tokenizers import Tokenizer
+
+    if not (directory / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"--tokenizer-from {directory}: no tokenizer.json there "
+                                f"(`megatron-cpt data train-tokenizer` writes one)")
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    ids = {}
+    for role in ("bos", "eos"):
+        token = config.get(f"{role}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        if token is not None and tokenizer.token_to_id(token) is not None:
+            ids[f"{role}_token_id"] = tokenizer.token_to_id(token)
+    return tokenizer.get_vocab_size(with_added_tokens=True), ids
+
+
 def parse_size(text: str) -> int:
     """'5GB' / '500MB' / '100KB' / '1234' -> bytes (powers of 1000, as transformers does)."""
     units = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3, "B": 1}

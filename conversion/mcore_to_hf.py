@@ -1,6 +1,7 @@
 """megatron-core distributed checkpoint -> Hugging Face Llama-3 (sharded safetensors + index).
 
     megatron-cpt convert mcore-to-hf --ckpt-dir CKPT --out-dir HF_OUT [--hf-config-from HF_DIR]
+    megatron-cpt convert mcore-to-hf --ckpt-dir CKPT --out-dir HF_OUT --tokenizer-from TOKENIZER_DIR
 
 Works on any checkpoint whose ``megatron_cpt.json`` has ``model`` (a converted one or one written by
 ``megatron-cpt train``), whatever TP/PP wrote it. One process reads the checkpoint one layer at a
@@ -11,7 +12,10 @@ renamed at the end; it holds ``config.json``, ``generation_config.json`` and the
 ``config.json`` takes the architecture from the checkpoint and everything else (token ids, ...)
 from ``--hf-config-from``'s config.json, else from the config the checkpoint was converted from.
 The tokenizer files and ``generation_config.json`` come from ``--hf-config-from``, else from the
-directory the checkpoint was converted from if it still exists.
+directory the checkpoint was converted from if it still exists. ``--tokenizer-from DIR`` takes the
+tokenizer files from DIR instead (e.g. the output of ``megatron-cpt data train-tokenizer``, for a
+model trained from scratch on its ids); its bos/eos tokens then set the token ids of
+``config.json`` and ``generation_config.json``, and it must fit the model's vocabulary.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from megatron_cpt.config.loader import build_dataclass
 from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.conversion.hf_io import (ShardedSafetensorsWriter, copy_tokenizer_files, parse_size,
-                                           write_json)
+                                           tokenizer_token_ids, write_json)
 from megatron_cpt.conversion.llama import (VOCAB, TensorMapping, hf_shapes, iter_hf_groups,
                                            mappings_for, mcore_shape, split_mcore_tensor)
 from megatron_cpt.conversion.llama_config import (generation_config_for, hf_config_from_model,
@@ -47,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-config-from", default=None,
                         help="Hugging Face directory to take config fields, generation config and "
                              "tokenizer files from (default: the directory converted from, if present)")
+    parser.add_argument("--tokenizer-from", default=None, metavar="DIR",
+                        help="directory to copy the tokenizer files from instead (tokenizer.json + "
+                             "tokenizer_config.json, e.g. `data train-tokenizer --output`); its "
+                             "bos/eos tokens set the token ids of config.json")
     parser.add_argument("--dtype", choices=tuple(_TORCH_DTYPES), default=None,
                         help="output dtype (default: the checkpoint's)")
     parser.add_argument("--max-shard-size", type=parse_size, default="5GB",
@@ -108,17 +116,32 @@ def _base_config(source: Optional[Path], meta: dict, cfg: ModelConfig) -> Option
     return base
 
 
-def write_side_files(out: Path, cfg: ModelConfig, dtype: str, source: Optional[Path], meta: dict) -> None:
-    config = hf_config_from_model(cfg, dtype, _base_config(source, meta, cfg))
+def tokenizer_ids_for(tokenizer_dir: Optional[Path], cfg: ModelConfig) -> dict[str, int]:
+    """The bos/eos ids of ``--tokenizer-from`` (empty without it), checked against the model."""
+    if tokenizer_dir is None:
+        return {}
+    size, ids = tokenizer_token_ids(tokenizer_dir)
+    if size > cfg.vocab_size:
+        raise ConfigError(f"--tokenizer-from {tokenizer_dir}: the tokenizer has {size} tokens, more "
+                          f"than the checkpoint's model.vocab_size {cfg.vocab_size}")
+    return ids
+
+
+def write_side_files(out: Path, cfg: ModelConfig, dtype: str, source: Optional[Path], meta: dict,
+                     tokenizer_dir: Optional[Path] = None) -> None:
+    token_ids = tokenizer_ids_for(tokenizer_dir, cfg)
+    config = hf_config_from_model(cfg, dtype, _base_config(source, meta, cfg)) | token_ids
     write_json(out / "config.json", config)
     if source and (source / "generation_config.json").is_file():
-        shutil.copy2(source / "generation_config.json", out / "generation_config.json")
+        generation = json.loads((source / "generation_config.json").read_text())
     else:
-        write_json(out / "generation_config.json",
-                   meta.get("hf_generation_config") or generation_config_for(config))
-    copied = copy_tokenizer_files(source, out) if source else []
+        generation = meta.get("hf_generation_config") or generation_config_for(config)
+    write_json(out / "generation_config.json", generation | token_ids)
+    tokenizer_dir = tokenizer_dir or source
+    copied = copy_tokenizer_files(tokenizer_dir, out) if tokenizer_dir else []
     if not copied:
-        print("mcore-to-hf: note: no tokenizer files written (pass --hf-config-from DIR to copy them)")
+        print("mcore-to-hf: note: no tokenizer files written (pass --tokenizer-from DIR or "
+              "--hf-config-from DIR to copy them)")
 
 
 def write_safetensors(ckpt: Path, metadata: dict, cfg: ModelConfig, out: Path, dtype: torch.dtype,
@@ -152,7 +175,9 @@ def run_mcore_to_hf(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise FileExistsError(f"--out-dir {out}: already exists; pass --force to replace it")
     source = _source_dir(args, meta)
+    tokenizer_dir = Path(args.tokenizer_from) if args.tokenizer_from else None
     _base_config(source, meta, cfg)  # fail on a mismatching --hf-config-from before any work
+    tokenizer_ids_for(tokenizer_dir, cfg)  # ... or on a tokenizer that does not fit the model
     with single_rank_session():
         metadata = read_tensor_metadata(ckpt)
         check_checkpoint_tensors(metadata, cfg, ckpt)
@@ -165,7 +190,7 @@ def run_mcore_to_hf(args: argparse.Namespace) -> int:
         tmp.mkdir(parents=True)
         try:
             writer = write_safetensors(ckpt, metadata, cfg, tmp, dtype, args.max_shard_size)
-            write_side_files(tmp, cfg, dtype_name, source, meta)
+            write_side_files(tmp, cfg, dtype_name, source, meta, tokenizer_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -19,6 +19,8 @@ from megatron_cpt.errors import CheckpointError
 
 META_FILE = "megatron_cpt.json"
 FORMAT_VERSION = 1
+# Transformer Engine layers (and FP8 state) save an ``_extra_state`` object next to their weights.
+EXTRA_STATE_SUFFIX = "_extra_state"
 
 
 def _rank() -> int:
@@ -84,19 +86,44 @@ def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[
 
 
 def load_dist_checkpoint(sharded_state: dict, directory: str | Path) -> dict:
-    """Collective: load the tensors that ``sharded_state`` asks for, in this rank's layout."""
+    """Collective: load the tensors that ``sharded_state`` asks for, in this rank's layout.
+
+    A requested ``_extra_state`` object that the checkpoint lacks is left out: a checkpoint written
+    without Transformer Engine (initial weights converted on a CPU node) loads into TE layers, which
+    then keep their freshly initialised FP8 state (``apply_model_state``). The reverse needs
+    nothing: extra state on disk that the model does not ask for is not read. Any other requested
+    key the checkpoint lacks is a CheckpointError.
+    """
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
 
     read_meta(directory)
-    return dist_checkpointing.load(sharded_state, str(directory))
+    # megatron-core calls requested-but-absent keys "unexpected"; this mode drops them from the
+    # request and returns them instead of failing inside the load.
+    loaded, _, absent = dist_checkpointing.load(sharded_state, str(directory),
+                                                strict=StrictHandling.RETURN_UNEXPECTED)
+    needed = sorted(key for key in absent if not key.endswith(EXTRA_STATE_SUFFIX))
+    if needed:
+        raise CheckpointError(
+            f"checkpoint '{directory}': lacks {len(needed)} tensor(s) this model needs, "
+            f"e.g. '{needed[0]}' (written for a different model?)")
+    return loaded
 
 
 def apply_model_state(chunks, loaded: dict) -> None:
-    """Copy the model part of a loaded checkpoint (see ``model_sharded_state_dict``) into chunks."""
+    """Copy the model part of a loaded checkpoint (see ``model_sharded_state_dict``) into chunks.
+
+    Modules whose ``_extra_state`` the checkpoint did not hold are left as they are (fresh FP8
+    state); every other entry must be present.
+    """
     modules = [getattr(c, "module", c) for c in chunks]
     for index, module in enumerate(modules):
-        key = "model" if len(modules) == 1 else f"model{index}"
-        module.load_state_dict(loaded[key], strict=True)
+        result = module.load_state_dict(loaded["model" if len(modules) == 1 else f"model{index}"],
+                                        strict=False)
+        wrong = [k for k in result.missing_keys if not k.endswith(EXTRA_STATE_SUFFIX)]
+        wrong += list(result.unexpected_keys)
+        if wrong:
+            raise CheckpointError(f"checkpoint state does not fit the model: {wrong[0]}")
 
 
 def load_model_weights(chunks, directory: str | Path) -> None:

@@ -77,6 +77,12 @@ class ModelConfig:
             raise ConfigError(f"model.rope_theta: must be positive, got {self.rope_theta}")
         if not 0 < self.norm_eps < 1:
             raise ConfigError(f"model.norm_eps: expected a small positive number, got {self.norm_eps}")
+        if self.rope_scaling is not None and self.rope_scaling != RopeScalingConfig(
+                factor=self.rope_scaling.factor):
+            # megatron-core 0.16 takes only the factor; the other Llama-3.1 constants are fixed in it.
+            raise ConfigError(
+                "model.rope_scaling: megatron-core supports low_freq_factor=1, high_freq_factor=4, "
+                f"original_max_position_embeddings=8192 only; got {self.rope_scaling}")
         if self.fp8 is not None and self.dtype != "bf16":
             raise ConfigError(f"model.fp8: FP8 training needs model.dtype=bf16, got {self.dtype}")
         if self.fp8 is not None and self.attention_backend in ("sdpa", "local"):

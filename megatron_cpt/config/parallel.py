@@ -14,8 +14,9 @@ class ParallelConfig:
     pp: int = 1
     # Virtual pipeline stages per rank (interleaved 1F1B); None = plain 1F1B.
     vpp: Optional[int] = None
+    # Context parallelism: refused above 1 (it needs Transformer Engine's attention, not wired up).
     cp: int = 1
-    # None = on wherever it works (TP > 1 and Transformer Engine present).
+    # None = on whenever tp > 1 (every spec supports it); false turns it off.
     sequence_parallel: Optional[bool] = None
     distributed_optimizer: bool = True
     # Uneven pipeline split: layers on the first / last stage; the rest are spread evenly.
@@ -23,6 +24,10 @@ class ParallelConfig:
     last_stage_layers: Optional[int] = None
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
+
+    @property
+    def sequence_parallel_enabled(self) -> bool:
+        return self.tp > 1 if self.sequence_parallel is None else self.sequence_parallel
 
     @property
     def model_parallel_size(self) -> int:
@@ -39,6 +44,12 @@ class ParallelConfig:
         for name in ("tp", "pp", "cp"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"parallel.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.cp > 1:
+            raise ConfigError(
+                f"parallel.cp: context parallelism ({self.cp}) is not supported: megatron-core "
+                f"implements it only inside Transformer Engine's attention, which this release "
+                f"does not wire up; use parallel.cp=1 and shard long sequences with parallel.tp "
+                f"(sequence parallelism is on with tp > 1)")
         if num_heads % self.tp:
             raise ConfigError(f"parallel.tp: {self.tp} does not divide the {num_heads} attention heads")
         if num_query_groups % self.tp:

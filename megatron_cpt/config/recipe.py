@@ -48,8 +48,11 @@ class Recipe:
             raise ConfigError(
                 f"train.seq_length: {self.train.seq_length} exceeds "
                 f"model.max_position_embeddings {self.model.max_position_embeddings}")
-        if self.parallel.cp > 1 and self.train.seq_length % (2 * self.parallel.cp):
-            raise ConfigError(f"train.seq_length: must be divisible by 2 x parallel.cp = {2 * self.parallel.cp}")
+        fp8 = self.model.fp8
+        if fp8 is not None and fp8.param_gather and not self.parallel.distributed_optimizer:
+            raise ConfigError(
+                "model.fp8.param_gather: FP8 parameter all-gather needs the distributed optimizer "
+                "(parallel.distributed_optimizer=true)")
         if self.parallel.vpp is not None and self.train.num_microbatches(dp) % self.parallel.pp:
             raise ConfigError(
                 f"train.global_batch_size: interleaved pipelining needs the number of micro-batches "

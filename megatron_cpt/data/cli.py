@@ -1,6 +1,6 @@
 """``megatron-cpt data``: corpora, tokenizers and indexed datasets.
 
-    megatron-cpt data demo-corpus corpus
+    megatron-cpt data demo-corpus corpus --install-missing
     megatron-cpt data train-tokenizer --input corpus --vocab-size 8000 --output tok
     megatron-cpt data prepare --input corpus/zh_poetry.jsonl --output-prefix data/zh_poetry \\
         --tokenizer sp:tok/tokenizer.model --workers 2
@@ -101,13 +101,24 @@ def _register_demo_corpus(sub: argparse._SubParsersAction) -> None:
                    help="keep the first N documents of each source (default all)")
     p.add_argument("--require-all", action="store_true",
                    help="fail when any source's package is missing")
+    p.add_argument("--install-missing", action="store_true",
+                   help="install missing packages first: as root with apt-get; otherwise fail "
+                        "and print the commands to run")
     p.set_defaults(func=_run_demo_corpus)
 
 
 def _run_demo_corpus(args: argparse.Namespace) -> int:
-    from megatron_cpt.data.demo_corpus import build_demo_corpus
+    import functools
+    import os
+    import shutil
 
-    return build_demo_corpus(args.out, max_docs=args.max_docs, require_all=args.require_all)
+    from megatron_cpt.data.demo_corpus import build_demo_corpus
+    from megatron_cpt.data.demo_packages import install_missing
+
+    installer = functools.partial(install_missing, euid=os.geteuid(),
+                                  apt_get=shutil.which("apt-get")) if args.install_missing else None
+    return build_demo_corpus(args.out, max_docs=args.max_docs, require_all=args.require_all,
+                             installer=installer)
 
 
 def _register_inspect_mix(sub: argparse._SubParsersAction) -> None:

@@ -1,11 +1,11 @@
 """A real bilingual corpus without any hub: Debian packages plus the Python standard library.
 
-    apt-get install -y --no-install-recommends fortunes-zh manpages-zh fortunes manpages
-    megatron-cpt data demo-corpus corpus
+    megatron-cpt data demo-corpus corpus --install-missing   # as root: apt-get installs the packages
+    megatron-cpt data demo-corpus corpus                     # builds what is there, names the rest
 
 Writes one JSONL per source (``{"text", "source", "id"}`` per line) and ``manifest.json`` listing each
 source with its language tag (zh / en / code), document count and text bytes. Missing packages are
-named with the command that installs them; what is available is still built.
+named with the command that installs them; what is available is still built (demo_packages.py).
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 from megatron_cpt.errors import UserError
-from megatron_cpt.data.demo_sources import DEMO_SOURCES, DPKG_INFO, DemoSource, source_files
-
-
-def install_command(packages: list[str]) -> str:
-    return "apt-get install -y --no-install-recommends " + " ".join(packages)
+from megatron_cpt.data.demo_packages import MissingSources, find_sources
+from megatron_cpt.data.demo_sources import DEMO_SOURCES, DPKG_INFO, DemoSource
 
 
 def write_source(source: DemoSource, files: list[Path], out_dir: Path,
@@ -52,30 +51,26 @@ def write_source(source: DemoSource, files: list[Path], out_dir: Path,
 
 
 def build_demo_corpus(out: str, *, max_docs: int | None = None, require_all: bool = False,
-                      sources: tuple[DemoSource, ...] = DEMO_SOURCES,
-                      info_dir: Path = DPKG_INFO) -> int:
-    """Build every source whose package is installed; returns the exit status (0 = built)."""
+                      sources: tuple[DemoSource, ...] = DEMO_SOURCES, info_dir: Path = DPKG_INFO,
+                      installer: Callable[[MissingSources], None] | None = None) -> int:
+    """Build every source whose package is installed; returns the exit status (0 = built).
+    ``installer`` (``install_missing`` for ``--install-missing``) is called first when any
+    source is missing."""
     if max_docs is not None and max_docs < 1:
         raise UserError(f"--max-docs: must be >= 1, got {max_docs}")
-    available: list[tuple[DemoSource, list[Path]]] = []
-    missing: list[DemoSource] = []
-    for source in sources:
-        files = source_files(source, info_dir)
-        if files:
-            available.append((source, files))
-            continue
-        missing.append(source)
-        if files is not None:  # installed, yet nothing on disk: e.g. a dpkg path-exclude rule
-            print(f"demo-corpus: package {source.package} is installed but its files for "
-                  f"{source.name} are absent (excluded by /etc/dpkg/dpkg.cfg.d?)", file=sys.stderr)
-    missing_packages = sorted({s.package for s in missing if s.package})
+    available, missing = find_sources(sources, info_dir)
+    if missing and installer is not None:
+        installer(missing)
+        available, missing = find_sources(sources, info_dir)
+    for source in missing.files_absent:
+        print(f"demo-corpus: package {source.package} is installed but its files for "
+              f"{source.name} are absent (excluded by /etc/dpkg/dpkg.cfg.d?)", file=sys.stderr)
+    fix = " && ".join(shlex.join(command) for command in missing.install_commands())
     if missing:
-        names = ", ".join(f"{s.name} ({s.package})" for s in missing)
-        print(f"demo-corpus: missing sources: {names}\n"
-              f"  install with: {install_command(missing_packages)}", file=sys.stderr)
+        print(f"demo-corpus: missing sources: {missing.describe()}\n  install with: {fix}",
+              file=sys.stderr)
         if require_all or not available:
-            raise UserError(f"sources missing: {names}; install with: "
-                            f"{install_command(missing_packages)}")
+            raise UserError(f"sources missing: {missing.describe()}; install with: {fix}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -84,11 +79,11 @@ def build_demo_corpus(out: str, *, max_docs: int | None = None, require_all: boo
         entries.append(entry)
         print(f"{entry['file']:<20} {entry['lang']:<4} {entry['docs']:>7} docs "
               f"{entry['bytes'] / 1e6:8.2f} MB  ({entry['package']})")
-    for source in missing:  # a stale file from an earlier build would contradict the manifest
+    for source in missing.sources:  # a stale file from an earlier build would contradict the manifest
         (out_dir / f"{source.name}.jsonl").unlink(missing_ok=True)
     manifest = {"sources": entries,
-                "missing": [{"name": s.name, "package": s.package} for s in missing],
-                "install_missing": install_command(missing_packages) if missing_packages else None,
+                "missing": [{"name": s.name, "package": s.package} for s in missing.sources],
+                "install_missing": fix or None,
                 "max_docs": max_docs}
     manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
     (out_dir / "manifest.json").write_text(manifest_text, encoding="utf-8")

@@ -30,6 +30,8 @@ class DemoSource:
     description: str
     wanted: Callable[[str], bool]  # which of the package's paths to read
     read: Callable[[Path], Iterator[tuple[str, str]]]  # file -> (doc id suffix, text)
+    # A dpkg --path-include pattern covering those paths (re-includes them past a path-exclude).
+    path_glob: str | None = None
 
 
 def package_files(package: str, info_dir: Path = DPKG_INFO) -> list[str] | None:
@@ -97,17 +99,19 @@ def _is_fortune_file(names: set[str] | None) -> Callable[[str], bool]:
     return wanted
 
 
+ZH_MAN, EN_MAN = "/usr/share/man/zh_CN/man", "/usr/share/man/man"
+
 DEMO_SOURCES = (
     DemoSource("zh_poetry", "zh", "fortunes-zh", "Tang 300 and Song 100 poems",
-               _is_fortune_file({"tang300", "song100"}), read_fortunes),
+               _is_fortune_file({"tang300", "song100"}), read_fortunes, FORTUNES + "*"),
     DemoSource("zh_fortunes", "zh", "fortunes-zh", "Chinese sayings, classics and Debian texts",
-               _is_fortune_file({"chinese"}), read_fortunes),
+               _is_fortune_file({"chinese"}), read_fortunes, FORTUNES + "*"),
     DemoSource("zh_manpages", "zh", "manpages-zh", "Chinese (zh_CN) manual pages as text",
-               _is_man_page("/usr/share/man/zh_CN/man"), read_manpage),
+               _is_man_page(ZH_MAN), read_manpage, ZH_MAN + "*"),
     DemoSource("en_fortunes", "en", "fortunes", "English fortune cookies",
-               _is_fortune_file(None), read_fortunes),
+               _is_fortune_file(None), read_fortunes, FORTUNES + "*"),
     DemoSource("en_manpages", "en", "manpages", "English Linux manual pages as text",
-               _is_man_page("/usr/share/man/man"), read_manpage),
+               _is_man_page(EN_MAN), read_manpage, EN_MAN + "*"),
     DemoSource("code_python", "code", None, "the Python standard library's source (no tests)",
                lambda p: True, read_python),
 )

@@ -24,6 +24,9 @@ from megatron_cpt.config.data import DataConfig, SourceConfig
 from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.train import TrainConfig
 
+# Where examples/demo.sh (`make demo`) writes its indexed datasets; the CPU recipes read them.
+DEMO_DATA_DIR = "outputs/demo/data"
+
 
 @dataclass
 class SourcePlan:
@@ -102,11 +105,19 @@ class MixturePlan:
         return "\n".join(lines)
 
 
+def missing_data_hint(prefix: str) -> str:
+    """The step that writes PREFIX: `make demo` for the demo's data, else `data prepare`."""
+    if Path(prefix).resolve().is_relative_to(Path(DEMO_DATA_DIR).resolve()):
+        return f"run `make demo` first (it writes {DEMO_DATA_DIR}/)"
+    return f"write it with `megatron-cpt data prepare --output-prefix {prefix} ...`"
+
+
 def count_tokens(prefix: str, where: str) -> "list[int]":
     """Per-document token counts of PREFIX.idx (checks that both files exist)."""
     for suffix in (".bin", ".idx"):
         if not Path(prefix + suffix).is_file():
-            raise FileNotFoundError(f"{where}: '{prefix}{suffix}' does not exist")
+            raise FileNotFoundError(f"{where}: '{prefix}{suffix}' does not exist: "
+                                    f"{missing_data_hint(prefix)}")
     if Path(prefix + ".bin").stat().st_size == 0:  # nothing to map: no tokens
         raise ConfigError(f"{where}: '{prefix}.bin' is empty: the source holds 0 tokens")
     from megatron.core.datasets.indexed_dataset import IndexedDataset

@@ -3,8 +3,9 @@
     megatron-cpt data train-tokenizer --input corpus/ --vocab-size 8000 --output tok
     megatron-cpt data prepare --input corpus/zh_poetry.jsonl --output-prefix data/zh --tokenizer sp:tok/tokenizer.model
 
-Writes DIR/tokenizer.model (load it as ``sp:DIR/tokenizer.model``), DIR/tokenizer.vocab and
-DIR/tokenizer_info.json. Settings follow the Llama-2 sentencepiece tokenizer where they matter for
+Writes DIR/tokenizer.model (load it as ``sp:DIR/tokenizer.model``), DIR/tokenizer.vocab,
+DIR/tokenizer_info.json, and the same tokenizer for transformers: DIR/tokenizer.json and
+DIR/tokenizer_config.json (``AutoTokenizer.from_pretrained(DIR)``; see hf_tokenizer.py). Settings follow the Llama-2 sentencepiece tokenizer where they matter for
 a pretraining corpus: byte fallback (no unknown tokens), identity normalization, whitespace kept
 as written (code stays code), digits split. ``<|begin_of_text|>`` is id 1 and ``<|end_of_text|>``
 (the end-of-document token) id 2. Training is single-threaded by default over every input line,
@@ -21,15 +22,19 @@ from typing import Iterator
 
 from megatron_cpt.errors import UserError
 from megatron_cpt.data.documents import decode_record, find_input_files, read_raw_chunks
+from megatron_cpt.data.hf_tokenizer import write_hf_tokenizer
 from megatron_cpt.data.tokenizers import EOD_TEXT, load_tokenizer
 
 MODEL_NAME = "tokenizer"
 # sentencepiece skips longer training lines (bytes); long code lines and poems fit.
 MAX_LINE_BYTES = 8192
+# Documents per input file whose ids are compared between sentencepiece and the transformers file.
+CHECK_DOCS_PER_FILE = 32
 
 
 class TrainingLines:
-    """Every non-blank line of every document (sentencepiece trains on lines), counted."""
+    """Every non-blank line of every document (sentencepiece trains on lines), counted; keeps
+    the first documents of each file as samples for checking the converted tokenizer."""
 
     def __init__(self, inputs: list[str], text_key: str = "text", txt_mode: str = "paragraph"):
         self.files = find_input_files(inputs)
@@ -37,14 +42,19 @@ class TrainingLines:
         self.txt_mode = txt_mode
         self.docs = 0
         self.lines = 0
+        self.samples: list[str] = []
         # Bad input is kept here rather than raised through sentencepiece's C++ loop, which
         # would wrap it in a multi-line RuntimeError.
         self.error: UserError | None = None
 
     def __iter__(self) -> Iterator[str]:
         try:
-            for text in self._documents():
+            kept_from: dict[int, int] = {}
+            for file_index, text in self._documents():
                 self.docs += 1
+                if kept_from.setdefault(file_index, 0) < CHECK_DOCS_PER_FILE:
+                    kept_from[file_index] += 1
+                    self.samples.append(text)
                 for line in text.splitlines():
                     if line.strip():
                         self.lines += 1
@@ -52,10 +62,11 @@ class TrainingLines:
         except UserError as exc:
             self.error = exc
 
-    def _documents(self) -> Iterator[str]:
+    def _documents(self) -> Iterator[tuple[int, str]]:
         for chunk in read_raw_chunks(self.files, self.txt_mode):
             for number, raw in chunk.records:
-                yield decode_record(self.files[chunk.file_index], number, raw, self.text_key)
+                yield chunk.file_index, decode_record(self.files[chunk.file_index], number, raw,
+                                                      self.text_key)
 
 
 def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
@@ -95,6 +106,8 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model.getvalue())
     out.mkdir(parents=True, exist_ok=True)
+    # The transformers files are converted and checked before the model is written.
+    checked = write_hf_tokenizer(model.getvalue(), out, lines.samples)
     _write_atomic(model_path, model.getvalue())
     _write_atomic(out / f"{MODEL_NAME}.vocab",
                   "".join(f"{p.piece}\t{p.score:g}\n" for p in proto.pieces).encode("utf-8"))
@@ -103,6 +116,7 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
             "vocab_size": tokenizer.vocab_size, "eod_id": tokenizer.eod_id, "eod": EOD_TEXT,
             "byte_fallback": True, "character_coverage": character_coverage,
             "training_docs": lines.docs, "training_lines": lines.lines, "threads": threads,
+            "hf_tokenizer": str(out), "hf_ids_checked_texts": checked,
             "inputs": [str(p) for p in inputs]}
     _write_atomic(out / "tokenizer_info.json", (json.dumps(info, indent=2) + "\n").encode())
     return info

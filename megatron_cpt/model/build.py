@@ -11,35 +11,26 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_cpt.config.model import ModelConfig, RopeScalingConfig, padded_vocab_size
+from megatron_cpt.config.model import ModelConfig, padded_vocab_size
 from megatron_cpt.config.parallel import ParallelConfig
-from megatron_cpt.model.specs import build_layer_spec, resolve_attention_backend
+from megatron_cpt.errors import ConfigError
+from megatron_cpt.model.specs import (build_decoder_spec, check_fp8_recipe_on_device,
+                                      gradient_accumulation_fusion_available,
+                                      resolve_attention_backend)
 from megatron_cpt.model.vocab_padding import mask_padded_logits
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _check_rope_scaling(scaling: RopeScalingConfig) -> None:
-    # megatron-core 0.16 takes only the factor; the other Llama-3.1 constants are fixed inside it.
-    fixed = RopeScalingConfig(factor=scaling.factor)
-    if scaling != fixed:
-        raise ValueError(
-            "model.rope_scaling: megatron-core supports low_freq_factor=1, high_freq_factor=4, "
-            f"original_max_position_embeddings=8192 only; got {scaling}")
-
-
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, *, on_cpu: bool,
                              initialize: bool = True) -> TransformerConfig:
     backend = resolve_attention_backend(model.attention_backend)
-    if model.fp8 is not None and backend != "te":
-        raise RuntimeError("model.fp8: FP8 needs Transformer Engine, which is not importable here")
-    sequence_parallel = parallel.sequence_parallel
-    if sequence_parallel is None:
-        sequence_parallel = parallel.tp > 1 and backend == "te"
-    elif sequence_parallel and backend != "te":
-        raise RuntimeError(
-            "parallel.sequence_parallel: megatron-core's non-TE RMSNorm refuses sequence parallelism; "
-            "install Transformer Engine or set parallel.sequence_parallel=false")
+    if model.fp8 is not None:
+        if backend != "te":
+            raise ConfigError("model.fp8: FP8 needs Transformer Engine, which is not installed here")
+        if not on_cpu:
+            check_fp8_recipe_on_device(model.fp8.recipe, torch.cuda.get_device_capability(),
+                                       torch.cuda.get_device_name())
     dtype = _DTYPES[model.dtype]
     fused = not on_cpu
     kwargs = dict(
@@ -67,7 +58,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, *, on
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=parallel.vpp,
         context_parallel_size=parallel.cp,
-        sequence_parallel=sequence_parallel,
+        sequence_parallel=parallel.sequence_parallel_enabled,
         num_layers_in_first_pipeline_stage=parallel.first_stage_layers,
         num_layers_in_last_pipeline_stage=parallel.last_stage_layers,
         use_cpu_initialization=on_cpu,
@@ -78,7 +69,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, *, on
         persist_layer_norm=False,
         bias_dropout_fusion=fused and backend == "te",
         apply_rope_fusion=fused and backend == "te",
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=not on_cpu and gradient_accumulation_fusion_available(),
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=True,
         # Batched p2p posts send_prev before send_next on every rank. NCCL pairs a group's ops as a
@@ -104,16 +95,14 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, initialize: boo
     """One GPTModel per virtual pipeline stage held by this rank (a list of one without vpp)."""
     on_cpu = not torch.cuda.is_available()
     config = build_transformer_config(model, parallel, on_cpu=on_cpu, initialize=initialize)
-    spec = build_layer_spec(resolve_attention_backend(model.attention_backend))
-    if model.rope_scaling is not None:
-        _check_rope_scaling(model.rope_scaling)
+    backend = resolve_attention_backend(model.attention_backend)
     vocab = padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, parallel.tp)
     chunks = []
     for vp_stage in range(parallel.vpp or 1):
         stage = vp_stage if parallel.vpp else None
         chunk = GPTModel(
             config=config,
-            transformer_layer_spec=spec,
+            transformer_layer_spec=build_decoder_spec(backend, config, stage),
             vocab_size=vocab,
             max_sequence_length=model.max_position_embeddings,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
@@ -130,3 +119,26 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, initialize: boo
             chunk.cuda(torch.cuda.current_device())
         chunks.append(chunk)
     return chunks
+
+
+def describe_layout(chunks) -> dict:
+    """The layout this rank's model runs with, read from the built modules and process groups."""
+    modules = [getattr(c, "module", c) for c in chunks]
+    config = modules[0].config
+    layer = next((m.decoder.layers[0] for m in modules if len(m.decoder.layers)), None)
+    norm_weights = [p for m in modules for name, p in m.named_parameters() if "norm" in name]
+    final_norm = next((m.decoder.final_layernorm for m in modules
+                       if getattr(m.decoder, "final_layernorm", None) is not None), None)
+    return {
+        "tp": parallel_state.get_tensor_model_parallel_world_size(),
+        "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+        "vpp": parallel_state.get_virtual_pipeline_model_parallel_world_size(),
+        "cp": parallel_state.get_context_parallel_world_size(),
+        "dp": parallel_state.get_data_parallel_world_size(),
+        "sequence_parallel": config.sequence_parallel,
+        # True when every norm weight is all-reduced over TP by finalize_model_grads (needed by SP).
+        "norm_grads_reduced_over_tp": bool(norm_weights) and all(
+            getattr(p, "sequence_parallel", False) for p in norm_weights),
+        "core_attention": type(layer.self_attention.core_attention).__name__ if layer else None,
+        "final_norm": type(final_norm).__name__ if final_norm is not None else None,
+    }

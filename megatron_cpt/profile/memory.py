@@ -113,16 +113,9 @@ def transformer_engine_layers(model: ModelConfig) -> bool:
     return model.attention_backend in ("auto", "te")
 
 
-def sequence_parallel_on(model: ModelConfig, parallel: ParallelConfig) -> bool:
-    """As ``model/build.py`` resolves it (on with TP > 1 under Transformer Engine)."""
-    if parallel.sequence_parallel is not None:
-        return parallel.sequence_parallel
-    return parallel.tp > 1 and transformer_engine_layers(model)
-
-
 def norm_weight_bytes(model: ModelConfig) -> int:
-    """megatron-core's local spec builds torch RMSNorm weights in fp32; TE's follow the dtype."""
-    return DTYPE_BYTES[model.dtype] if transformer_engine_layers(model) else 4
+    """Norm weights follow the dtype in every spec (TE's norms and ``SequenceParallelRMSNorm``)."""
+    return DTYPE_BYTES[model.dtype]
 
 
 def stage_parameters(model: ModelConfig, parallel: ParallelConfig) -> list[StageParameters]:
@@ -232,7 +225,7 @@ def estimate_memory(recipe: Recipe, gpu_memory_gb: float = 80.0,
                     headroom_fraction: float = DEFAULT_HEADROOM) -> MemoryEstimate:
     """Memory per GPU of every pipeline stage of ``recipe``'s layout, and whether it fits."""
     model, parallel, train = recipe.model, recipe.parallel, recipe.train
-    sp = sequence_parallel_on(model, parallel)
+    sp = parallel.sequence_parallel_enabled
     dp = recipe.data_parallel_size
     microbatches = train.num_microbatches(dp)
     shards = dp * parallel.cp if parallel.distributed_optimizer else 1
@@ -270,7 +263,7 @@ def estimate_memory(recipe: Recipe, gpu_memory_gb: float = 80.0,
 def _assumptions(recipe: Recipe, sp: bool, shards: int, headroom: float) -> tuple[str, ...]:
     model, parallel = recipe.model, recipe.parallel
     layers = ("Transformer Engine layers" if transformer_engine_layers(model)
-              else "megatron-core local layers, RMSNorm weights in fp32")
+              else "megatron-core local layers")
     notes = [
         f"weights in {model.dtype} ({layers}); gradients in the fp32 DDP buffer (4 bytes each)",
         f"optimizer: fp32 master weights and {recipe.optim.optimizer} state, "

@@ -108,3 +108,19 @@ def build_optimizer(ddp_chunks, optim: OptimConfig, parallel: ParallelConfig, dt
     optimizer = get_megatron_optimizer(config, ddp_chunks)
     patch_adam_state_loading(optimizer)
     return optimizer
+
+
+def sync_parameters(ddp_chunks) -> None:
+    """Collective: make every rank's full parameters those of the last optimizer step.
+
+    With ``overlap_param_gather`` the distributed optimizer updates only this rank's shard of the
+    parameters and leaves the all-gather of the others to the pre-hooks of the next forward pass;
+    until then the model holds a mix of this step's and the previous step's weights. Checkpoint
+    saves and evaluation call this first (megatron-core's forced, synchronous gather).
+    """
+    for chunk in ddp_chunks:
+        ddp_config = getattr(chunk, "ddp_config", None)
+        # Without the distributed optimizer megatron-core ignores overlap_param_gather.
+        if (ddp_config is not None and ddp_config.overlap_param_gather
+                and ddp_config.use_distributed_optimizer):
+            chunk.start_param_sync(force_sync=True)

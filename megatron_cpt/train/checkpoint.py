@@ -31,6 +31,7 @@ from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.errors import CheckpointError
 from megatron_cpt.runtime.mcore_compat import materialize_adam_state
+from megatron_cpt.runtime.parallel import sync_parameters
 
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -103,6 +104,7 @@ def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, sche
                              parallel: ParallelConfig, keep_last: int = 0) -> Path:
     """Collective. Writes step_N, then points ``latest`` at it, then prunes old checkpoints."""
     ckpt_dir = Path(ckpt_dir)
+    sync_parameters(model_chunks)  # the weights of this step, also with overlap_param_gather
     state = _training_state(model_chunks, optimizer, include_rng=True, is_loading=False)
     # Objects that are the same on every rank go into dist_checkpointing's common state.
     state["scheduler"] = scheduler.state_dict()

@@ -78,7 +78,7 @@ def build_state(cfg: Recipe) -> TrainState:
 
     from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
     from megatron_cpt.data.datasets import build_training_data
-    from megatron_cpt.model.build import build_model
+    from megatron_cpt.model.build import build_model, describe_layout
     from megatron_cpt.profile.throughput import ThroughputMeter
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
     from megatron_cpt.train.checkpoint import (check_model_matches, find_resume_checkpoint,
@@ -125,6 +125,10 @@ def build_state(cfg: Recipe) -> TrainState:
         log(data.plan.format_table())
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "mixture.json").write_text(json.dumps(data.plan.to_dict(), indent=2))
+        # What really runs (read from the built model), for the record and for tests.
+        layout = describe_layout(chunks)
+        (run_dir / "layout.json").write_text(json.dumps(layout, indent=2))
+        log("layout: " + " ".join(f"{k}={v}" for k, v in layout.items()))
         _truncate_metrics_after(run_dir, progress.step)
 
     # 5. Metrics, written by one rank; step timers and throughput, on every rank.

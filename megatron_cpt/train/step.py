@@ -20,6 +20,8 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_cpt.runtime.parallel import sync_parameters
+
 
 @dataclass
 class StepResult:
@@ -108,6 +110,7 @@ def train_step(model_chunks, optimizer, scheduler, batches: Iterator[dict], num_
 def evaluate(model_chunks, batch_streams: list[Iterator[dict]], num_microbatches: int,
              seq_length: int, micro_batch_size: int) -> list[tuple[float, int]]:
     """(mean per-token loss, loss tokens) of each given global batch (forward only)."""
+    sync_parameters(model_chunks)
     for chunk in model_chunks:
         chunk.eval()
     results = []

@@ -12,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conversion_fixtures import REPO_ROOT, make_hf_llama, run_cli  # noqa: E402
-from token_fixtures import write_byte_dataset  # noqa: E402
+from token_fixtures import EOD_ID, write_byte_dataset  # noqa: E402
 
 RECIPE = REPO_ROOT / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
 
@@ -58,8 +58,9 @@ def test_first_step_loss_from_converted_weights_equals_hf_loss(tmp_path):
     write_byte_dataset(data, limit_bytes=200_000)
     run_dir = tmp_path / "run"
     overrides = [
-        f"data.paths=[{data}]", f"logging.run_dir={run_dir}", f"checkpoint.pretrained={ckpt}",
-        "model.dtype=fp32", "train.steps=2", "train.stop_at_step=1", "optim.schedule.warmup_steps=1",
+        f"data.paths=[{data}]", f"data.eod_token_id={EOD_ID}", f"logging.run_dir={run_dir}",
+        f"checkpoint.pretrained={ckpt}", "model.vocab_size=1000", "model.dtype=fp32",
+        "train.steps=2", "train.stop_at_step=1", "optim.schedule.warmup_steps=1",
         "train.global_batch_size=4", "train.micro_batch_size=2",
         "train.seq_length=64", "checkpoint.save_at_end=false", "checkpoint.save_interval=0",
         "logging.tensorboard=false",

@@ -69,7 +69,8 @@ def test_kill_during_checkpoint_write_keeps_previous(setup):
     run_dir = root / "killed"
     ckpt = run_dir / "checkpoints"
     # A larger model makes the write long enough to be caught in the act.
-    args = common[:-1] + ["model.preset=llama3-small", "model.dtype=fp32", "data.eod_token_id=0",
+    args = common[:-1] + ["model.preset=llama3-small", "model.vocab_size=8000", "model.dtype=fp32",
+                          "data.eod_token_id=0",
                           "checkpoint.save_interval=5", f"logging.run_dir={run_dir}"] + TP1_PP2
     command = [sys.executable, "-m", "megatron_cpt", "train", str(TINY_RECIPE), *args]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

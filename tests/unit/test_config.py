@@ -33,17 +33,22 @@ def test_examples_cover_8b_and_70b_fp8_on_h100():
         assert recipe.model.fp8 is not None and recipe.model.dtype == "bf16"
 
 
-def test_preset_shapes_are_the_published_ones():
-    r8 = load_recipe(TINY, ["model.preset=llama3-8b", "model.dtype=bf16", "parallel.tp=2"])
+def test_preset_shapes_are_the_published_ones(tmp_path):
+    recipe = tmp_path / "preset.yaml"
+    # only the preset: no model field overrides it
+    recipe.write_text("model: {preset: llama3-tiny}\ndata: {paths: [unused]}\n")
+    r8 = load_recipe(recipe, ["model.preset=llama3-8b", "model.dtype=bf16"])
     m = r8.model
     assert (m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
             m.num_query_groups, m.vocab_size, m.rope_theta, m.norm_eps, m.tie_embeddings) == (
         32, 4096, 14336, 32, 8, 128256, 500000.0, 1e-5, False)
-    r70 = load_recipe(TINY, ["model.preset=llama3-70b", "parallel.tp=2"])
+    r70 = load_recipe(recipe, ["model.preset=llama3-70b"])
     m = r70.model
     assert (m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
-            m.num_query_groups) == (80, 8192, 28672, 64, 8)
-    assert load_recipe(TINY, ["model.preset=llama3.1-8b"]).model.rope_scaling.factor == 8.0
+            m.num_query_groups, m.vocab_size) == (80, 8192, 28672, 64, 8, 128256)
+    assert load_recipe(recipe, ["model.preset=llama3.1-8b"]).model.rope_scaling.factor == 8.0
+    # a recipe's own field wins over its preset (the tiny CPU recipe sets the demo's vocabulary)
+    assert load_recipe(TINY, ["model.preset=llama3-8b"]).model.vocab_size == 4000
 
 
 def test_overrides_are_typed_and_nested():
@@ -80,6 +85,11 @@ INVALID = [
     (["checkpoint.save_interval=-1"], "checkpoint.save_interval"),
     (["parallel.sequence_parallel=true", "parallel.tp=1", "launch.procs_per_node=1"],
      "parallel.sequence_parallel"),
+    # Context parallelism is refused, never silently ignored.
+    (["parallel.cp=2", "parallel.tp=1"], "parallel.cp"),
+    (["model.dtype=bf16", "model.fp8={param_gather: true}", "parallel.distributed_optimizer=false"],
+     "model.fp8.param_gather"),
+    (["model.rope_scaling={factor: 8.0, low_freq_factor: 2.0}"], "model.rope_scaling"),
 ]
 
 
@@ -103,6 +113,13 @@ def test_cli_rejects_invalid_recipe_without_a_run_dir(tmp_path):
 def test_missing_recipe_file_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_sequence_parallel_is_on_whenever_tp_exceeds_one():
+    assert ParallelConfig(tp=2).sequence_parallel_enabled
+    assert not ParallelConfig(tp=1).sequence_parallel_enabled
+    assert not ParallelConfig(tp=2, sequence_parallel=False).sequence_parallel_enabled
+    assert load_recipe(TINY).parallel.sequence_parallel_enabled  # the tiny recipe runs TP=2
 
 
 def test_pipeline_stage_layer_counts():

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conversion_fixtures import make_hf_llama  # noqa: E402
+from data_fixtures import build_hf_tokenizer  # noqa: E402
 
 from megatron_cpt.cli import main as cli_main  # noqa: E402
 from megatron_cpt.errors import ConfigError  # noqa: E402
@@ -25,6 +26,7 @@ from megatron_cpt.conversion.llama import (fuse_qkv, hf_shapes, mapping_by_key, 
                                            split_qkv)
 from megatron_cpt.conversion.llama_config import (hf_config_from_model,  # noqa: E402
                                                   model_config_from_hf)
+from megatron_cpt.conversion.mcore_to_hf import tokenizer_ids_for  # noqa: E402
 
 CFG = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=8,
                   num_query_groups=4, vocab_size=100, dtype="fp32")
@@ -289,3 +291,18 @@ def test_safetensors_header_reader_ignores_metadata(hf_dir):
     first = sorted(set(index["weight_map"].values()))[0]
     header = read_safetensors_header(hf_dir / first)
     assert "__metadata__" not in header and all("shape" in v for v in header.values())
+
+
+def test_tokenizer_from_sets_the_token_ids_and_must_fit_the_model(tmp_path):
+    tokenizer = build_hf_tokenizer(tmp_path / "tok", vocab_size=400)  # eos <|end_of_text|> = 1
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": {"content": "<|begin_of_text|>"}, "eos_token": "<|end_of_text|>"}))
+    fits = ModelConfig(num_layers=2, hidden_size=32, ffn_hidden_size=48, num_attention_heads=8,
+                       num_query_groups=4, vocab_size=400, dtype="fp32")
+    assert tokenizer_ids_for(tokenizer, fits) == {"bos_token_id": 0, "eos_token_id": 1}
+    assert tokenizer_ids_for(None, fits) == {}
+    with pytest.raises(ConfigError, match=rf"^--tokenizer-from {tokenizer}: the tokenizer has 400 "
+                       "tokens, more than the checkpoint's model.vocab_size 100$"):
+        tokenizer_ids_for(tokenizer, CFG)
+    with pytest.raises(FileNotFoundError, match=rf"^--tokenizer-from {tmp_path}: no tokenizer.json"):
+        tokenizer_ids_for(tmp_path, fits)

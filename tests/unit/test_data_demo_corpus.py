@@ -56,11 +56,13 @@ def test_missing_package_is_named_with_its_install_command(tmp_path, capsys):
     assert build_demo_corpus(str(tmp_path / "out"), max_docs=2, sources=sources,
                              info_dir=empty_dpkg) == 0
     err = capsys.readouterr().err
+    command = ("apt-get install -y --no-install-recommends "
+               "-o 'Dpkg::Options::=--path-include=/usr/share/man/zh_CN/man*' manpages-zh")
     assert "missing sources: zh_manpages (manpages-zh)" in err
-    assert "apt-get install -y --no-install-recommends manpages-zh" in err
+    assert f"install with: {command}" in err
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [e["name"] for e in manifest["sources"]] == ["code_python"]
-    assert manifest["install_missing"] == "apt-get install -y --no-install-recommends manpages-zh"
+    assert manifest["install_missing"] == command
     with pytest.raises(UserError, match="manpages-zh"):
         build_demo_corpus(str(tmp_path / "out"), sources=sources, info_dir=empty_dpkg,
                           require_all=True)
@@ -70,8 +72,8 @@ def test_nothing_available_is_an_error(tmp_path, capsys):
     sources = tuple(s for s in DEMO_SOURCES if s.package)
     empty_dpkg = tmp_path / "dpkg"
     empty_dpkg.mkdir()
-    with pytest.raises(UserError, match="apt-get install -y --no-install-recommends "
-                       + " ".join(PACKAGES)):
+    with pytest.raises(UserError, match="apt-get install -y --no-install-recommends .* "
+                       + " ".join(PACKAGES) + "$"):
         build_demo_corpus(str(tmp_path / "out"), sources=sources, info_dir=empty_dpkg)
     assert not (tmp_path / "out").exists()
 

@@ -1,4 +1,5 @@
-"""data train-tokenizer: a deterministic sentencepiece BPE that the sp: backend loads."""
+"""data train-tokenizer: a deterministic sentencepiece BPE that the sp: backend loads, and the same
+tokenizer for transformers (tokenizer.json + tokenizer_config.json) with the same ids."""
 
 from __future__ import annotations
 
@@ -6,10 +7,17 @@ import json
 import warnings
 
 import pytest
-from data_fixtures import SAMPLE_DOCS, many_docs, write_jsonl
+from data_fixtures import SAMPLE_DOCS, build_hf_tokenizer, many_docs, write_jsonl
 
 from megatron_cpt.cli import main
+from megatron_cpt.data.hf_tokenizer import PROBE_TEXTS, check_same_ids
 from megatron_cpt.data.tokenizers import EOD_TEXT, load_tokenizer
+from megatron_cpt.errors import UserError
+
+# Not in the training corpus: Chinese with rare characters, English prose, code, odd whitespace.
+UNSEEN = ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。鼂鼍龘",
+          "Language models forget what they are not reminded of.",
+          "for i in range(10):\n    print(i, end='\\t')  # 0\t1\t2", "\n\n  \t x  y  \n"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +51,8 @@ def test_sp_backend_loads_the_trained_model(trained):
     info = json.loads((trained / "tokenizer_info.json").read_text())
     # 400 JSONL docs + 10 paragraphs (two sample docs hold blank lines, so they split in .txt)
     assert info["eod_id"] == 2 and info["vocab_size"] == 600 and info["training_docs"] == 410
+    # the probes + the first 32 documents of mixed.jsonl + the 10 paragraphs of extra.txt
+    assert info["hf_ids_checked_texts"] == len(PROBE_TEXTS) + 32 + 10
     # a directory spec finds tokenizer.model inside it
     assert load_tokenizer(f"sp:{trained}").eod_id == 2
 
@@ -100,3 +110,29 @@ def test_bad_training_input_names_file_and_line(tmp_path, capsys):
         f"megatron-cpt data: error: {bad}:2: invalid JSON: Expecting property name enclosed " \
         "in double quotes (column 2)"
     assert not (tmp_path / "t" / "tokenizer.model").exists()
+
+
+def test_transformers_loads_the_same_tokenizer(trained):
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(trained / "tokenizer.model"))
+    hf = AutoTokenizer.from_pretrained(trained)
+    assert (hf.bos_token, hf.bos_token_id, hf.eos_token, hf.eos_token_id, hf.unk_token_id) == (
+        "<|begin_of_text|>", 1, EOD_TEXT, 2, 0)
+    assert len(hf) == processor.GetPieceSize() == 600
+    hf_backend = load_tokenizer(f"hf:{trained}")  # `data prepare --tokenizer hf:DIR` reads it too
+    assert hf_backend.eod_id == 2 and hf_backend.vocab_size == 600
+    for text in SAMPLE_DOCS + UNSEEN:
+        ids = processor.Encode(text)
+        assert hf.encode(text, add_special_tokens=False, split_special_tokens=True) == ids, text
+        assert hf_backend.encode(text) == ids, text
+        assert hf.decode(ids) == text
+    # transformers reads a special-token string inside a text as that token (sentencepiece: text)
+    assert hf.encode(f"a{EOD_TEXT}", add_special_tokens=False)[-1] == 2
+
+
+def test_a_conversion_with_other_ids_is_refused(trained, tmp_path):
+    other = build_hf_tokenizer(tmp_path / "other")  # a byte-level BPE: other ids for the same text
+    with pytest.raises(UserError, match="encodes '床前明月光.*' differently from sentencepiece"):
+        check_same_ids(trained / "tokenizer.model", other, list(PROBE_TEXTS), where=trained)

@@ -48,7 +48,8 @@ def test_zero_token_source_names_field_and_file(root):
 
 def test_missing_index_names_field_and_file(root):
     (root / "en.idx").unlink()
-    with pytest.raises(FileNotFoundError, match=r"^data.mixture.sources\[1\].prefix: .*en.idx"):
+    with pytest.raises(FileNotFoundError, match=r"^data.mixture.sources\[1\].prefix: .*en.idx' "
+                       r"does not exist: write it with `megatron-cpt data prepare --output-prefix "):
         _resolve(root)
 
 
@@ -58,7 +59,7 @@ def test_eod_id_must_match_the_prepared_data(root):
     with pytest.raises(ConfigError, match="^data.eod_token_id: 0, but .*end-of-document id 2"):
         _resolve(root)
     with pytest.raises(ConfigError, match="^model.vocab_size: 1000 is smaller"):
-        _resolve(root, extra=["data.eod_token_id=2"])
+        _resolve(root, extra=["data.eod_token_id=2", "model.vocab_size=1000"])
 
 
 def test_empty_validation_part_is_named(root):
@@ -84,3 +85,15 @@ def test_train_command_fails_before_any_run_dir(root, case):
                 else "data.mixture.almr: must be in [0, 1], got 1.5")
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert not run_dir.exists()
+
+
+def test_cpu_recipe_without_the_demo_data_names_make_demo(tmp_path):
+    """Acceptance: examples/llama3_tiny_cpt_2xcpu.yaml before `make demo` (a directory without
+    outputs/demo) fails with one line that names the missing step, and writes no run directory."""
+    proc = subprocess.run([sys.executable, "-m", "megatron_cpt", "train", str(TINY)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == (
+        "megatron-cpt train: error: data.paths[0]: 'outputs/demo/data/zh_fortunes.bin' does not "
+        "exist: run `make demo` first (it writes outputs/demo/data/)\n")
+    assert list(tmp_path.iterdir()) == []

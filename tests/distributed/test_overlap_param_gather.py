@@ -1,0 +1,99 @@
+"""``parallel.overlap_param_gather`` with the distributed optimizer at DP2: every checkpoint, and its
+Hugging Face export, holds bitwise the weights of the same run without overlap; and a run stopped
+and resumed twice matches the uninterrupted run bitwise.
+
+Without the parameter sync before a save, the distributed optimizer's step has updated only each
+rank's own shard: the other half of the weights would still be those of the previous step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import free_port, losses, run_cli, train
+from token_fixtures import EOD_ID, write_byte_dataset
+
+STEPS = 6
+SAVED = ["step_000002", "step_000004", "step_000006"]
+DP2 = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.distributed_optimizer=true"]
+OVERLAP = ["parallel.overlap_param_gather=true", "parallel.overlap_grad_reduce=true"]
+
+
+def _digests(directories: list[Path]) -> dict[str, dict[str, str]]:
+    script = Path(__file__).with_name("checkpoint_digests.py")
+    proc = subprocess.run([sys.executable, str(script), *map(str, directories)], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, MASTER_PORT=str(free_port())))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _safetensors(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("overlap")
+    prefix = root / "stdlib"
+    write_byte_dataset(prefix)
+    common = [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.dtype=fp32",
+              f"train.steps={STEPS}", "train.global_batch_size=4", "train.micro_batch_size=1",
+              "train.seq_length=64", "optim.schedule.warmup_steps=1", "logging.tensorboard=false",
+              "checkpoint.save_interval=2"] + DP2
+    plain, overlap, split = root / "plain", root / "overlap", root / "split"
+    train(common + [f"logging.run_dir={plain}"])
+    train(common + OVERLAP + [f"logging.run_dir={overlap}"])
+    for stop in (2, 4, None):
+        out = train(common + OVERLAP + [f"logging.run_dir={split}"]
+                    + ([f"train.stop_at_step={stop}"] if stop else []))
+        if stop != 2:
+            resumed_at = 4 if stop is None else 2
+            assert f"resumed from {split / 'checkpoints' / f'step_{resumed_at:06d}'} at step " \
+                   f"{resumed_at}" in out.stdout
+    return root, plain, overlap, split
+
+
+def test_every_checkpoint_equals_the_run_without_overlap(runs):
+    _, plain, overlap, split = runs
+    directories = [run / "checkpoints" / name for run in (plain, overlap, split) for name in SAVED]
+    digests = _digests(directories)
+    for name in SAVED:
+        reference = digests[str(plain / "checkpoints" / name)]
+        assert len(reference) >= 9  # embedding, output, final norm, 6 stacked layer tensors
+        for run in (overlap, split):
+            found = digests[str(run / "checkpoints" / name)]
+            differing = sorted(k for k in reference if found.get(k) != reference[k])
+            assert not differing, f"{run.name}/{name}: {len(differing)} tensors differ: {differing[:4]}"
+
+
+def test_hf_export_equals_the_run_without_overlap(runs):
+    import torch
+
+    root, plain, overlap, _ = runs
+    exports = {}
+    for run in (plain, overlap):
+        exports[run] = root / f"hf_{run.name}"
+        run_cli(["convert", "mcore-to-hf", "--ckpt-dir", str(run / "checkpoints" / SAVED[-1]),
+                 "--out-dir", str(exports[run])])
+    reference, found = _safetensors(exports[plain]), _safetensors(exports[overlap])
+    assert sorted(reference) == sorted(found) and len(reference) > 10
+    differing = [name for name in reference if not torch.equal(reference[name], found[name])]
+    assert not differing, f"{len(differing)} of {len(reference)} exported tensors differ"
+
+
+def test_losses_bitwise_with_overlap_and_across_resumes(runs):
+    _, plain, overlap, split = runs
+    assert len(losses(plain)) == STEPS
+    assert losses(overlap) == losses(plain)
+    assert losses(split) == losses(overlap)

@@ -1,0 +1,100 @@
+"""Checks that depend on the machine: FP8 recipes per GPU generation, gradient-accumulation fusion
+when its kernels exist, and a Transformer Engine that is installed but fails to import."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from megatron_cpt.config.model import Fp8Config, ModelConfig
+from megatron_cpt.config.parallel import ParallelConfig
+from megatron_cpt.errors import ConfigError
+from megatron_cpt.model import specs
+
+H100 = ((9, 0), "NVIDIA H100 80GB HBM3")
+
+
+def test_mxfp8_is_refused_on_hopper():
+    with pytest.raises(ConfigError) as info:
+        specs.check_fp8_recipe_on_device("mxfp8", *H100)
+    message = str(info.value)
+    assert message.startswith("model.fp8.recipe=mxfp8") and "sm_90" in message and "H100" in message
+
+
+@pytest.mark.parametrize("recipe", ["delayed", "tensorwise", "blockwise"])
+def test_hopper_recipes_pass(recipe):
+    specs.check_fp8_recipe_on_device(recipe, *H100)
+
+
+def test_mxfp8_passes_on_blackwell_and_fp8_is_refused_on_ampere():
+    specs.check_fp8_recipe_on_device("mxfp8", (10, 0), "NVIDIA B200")
+    with pytest.raises(ConfigError, match="model.fp8: FP8 needs compute capability 8.9"):
+        specs.check_fp8_recipe_on_device("delayed", (8, 0), "NVIDIA A100-SXM4-80GB")
+
+
+def _fake_kernels(monkeypatch, cuda: bool, apex_kernel: bool) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "fused_weight_gradient_mlp_cuda":
+            return importlib.machinery.ModuleSpec(name, None) if apex_kernel else None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(specs.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(specs.importlib.util, "find_spec", find_spec)
+
+
+@pytest.mark.parametrize("cuda,apex_kernel,expected", [(True, True, True), (True, False, False),
+                                                       (False, True, False)])
+def test_gradient_accumulation_fusion_follows_its_kernels(monkeypatch, cuda, apex_kernel, expected):
+    from megatron_cpt.model.build import build_transformer_config
+
+    _fake_kernels(monkeypatch, cuda, apex_kernel)
+    assert specs.gradient_accumulation_fusion_available() is expected
+    model = ModelConfig(dtype="fp32", attention_backend="sdpa")
+    config = build_transformer_config(model, ParallelConfig(), on_cpu=not cuda)
+    assert config.gradient_accumulation_fusion is expected
+
+
+@pytest.fixture
+def broken_transformer_engine(tmp_path, monkeypatch):
+    """An installed transformer_engine whose PyTorch extension fails to load."""
+    package = tmp_path / "transformer_engine"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "pytorch.py").write_text(
+        "raise OSError('libcudnn.so.9: cannot open shared object file: No such file or directory')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in [n for n in sys.modules if n.startswith("transformer_engine")]:
+        del sys.modules[name]
+
+
+def test_broken_transformer_engine_is_reported_not_replaced_by_sdpa(broken_transformer_engine):
+    with pytest.raises(ConfigError) as info:
+        specs.resolve_attention_backend("auto")
+    message = str(info.value)
+    assert message.startswith("model.attention_backend") and "libcudnn.so.9" in message
+    assert "\n" not in message
+    # Asking for SDPA explicitly needs no Transformer Engine at all.
+    assert specs.resolve_attention_backend("sdpa") == "sdpa"
+
+
+def test_absent_transformer_engine_means_sdpa():
+    if importlib.util.find_spec("transformer_engine") is not None:
+        pytest.skip("Transformer Engine is installed here")
+    assert specs.resolve_attention_backend("auto") == "sdpa"
+    with pytest.raises(ConfigError, match="model.attention_backend=te"):
+        specs.resolve_attention_backend("te")
+
+
+def test_fp8_without_transformer_engine_is_a_config_error():
+    if importlib.util.find_spec("transformer_engine") is not None:
+        pytest.skip("Transformer Engine is installed here")
+    from megatron_cpt.model.build import build_transformer_config
+
+    model = ModelConfig(dtype="bf16", fp8=Fp8Config())
+    with pytest.raises(ConfigError, match="model.fp8"):
+        build_transformer_config(model, ParallelConfig(), on_cpu=True)
