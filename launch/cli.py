@@ -85,6 +85,9 @@ def run_slurm(args) -> int:
     from megatron_cpt.train.metrics import read_metrics
 
     quiet_known_warnings()
+    # The job's own flags first: a typo in --time should not wait for the recipe and data checks.
+    SlurmJob(partition=args.partition, time=args.time, nodes=1, gpus_per_node=1,
+             signal_lead_s=0).validate()
     recipe = load_recipe(args.recipe, args.overrides)
     nodes = args.nodes if args.nodes is not None else recipe.launch.nodes
     gpus = args.gpus_per_node if args.gpus_per_node is not None else recipe.launch.procs_per_node

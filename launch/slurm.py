@@ -63,6 +63,8 @@ class SlurmJob:
         if not self.partition or any(c.isspace() for c in self.partition):
             raise UserError(f"--partition: expected a partition name, got '{self.partition}'")
         limit = self.time_limit_s()
+        if limit <= 0:
+            raise UserError(f"--time: must be longer than zero, got '{self.time}'")
         if self.signal_lead_s >= limit:
             raise UserError(
                 f"--time: {self.time} is shorter than the {self.signal_lead_s} s the job needs to "
