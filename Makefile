@@ -1,5 +1,6 @@
 # make test   — the whole CPU test suite (creates .venv/ on first use)
 # make demo   — corpus -> tokenizer -> indexed data -> tiny Llama CPT on 2 CPU ranks -> HF export
+# make almr-study — the demo's data and base model -> ALMR x LR sweep -> fitted relation (docs/ALMR.md)
 # make gpu-check — on one CUDA GPU without network (see docs/BENCHMARKS.md)
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 # CPU build from local disk; on a GPU machine set TORCH_SPEC=torch (or keep the image's torch).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test test-unit test-distributed demo bench gpu-check clean
+.PHONY: test test-unit test-distributed test-slurm launch-examples demo almr-study bench gpu-check clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +26,19 @@ test-unit: $(VENV)/.installed
 test-distributed: $(VENV)/.installed
 	$(PY) -m pytest -q tests/distributed
 
+# A real single-node Slurm, started by the tests (root; Debian slurmctld slurmd slurm-client munge).
+test-slurm: $(VENV)/.installed
+	$(PY) -m pytest -q tests/slurm
+
+# Regenerate launch/*.sbatch from the H100 recipes (a test fails when they are stale).
+launch-examples: $(VENV)/.installed
+	$(PY) -m megatron_cpt.launch.example_scripts
+
 demo: $(VENV)/.installed
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh
+
+almr-study: $(VENV)/.installed
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/almr_study.sh
 
 bench: $(VENV)/.installed
 	$(PY) bench/prepare_bench.py

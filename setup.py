@@ -34,6 +34,7 @@ setup(
         "tensorboard",
         "tqdm",
         "matplotlib",
+        "scipy",  # shape-preserving interpolation of the ALMR study's loss curves
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},

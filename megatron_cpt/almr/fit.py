@@ -52,7 +52,7 @@ class LrOptimum:
     feasible: bool
     in_relation: bool  # used to fit the relation (feasible, not at the edge of the grid)
     std: Optional[float]  # bootstrap standard deviation of the optimal ALMR
-    low: Optional[float]  # bootstrap 16th and 84th percentiles (a 68% interval)
+    low: Optional[float]  # almr -/+ std
     high: Optional[float]
     feasible_share: Optional[float]  # share of replicates with a feasible optimum
 
@@ -259,15 +259,13 @@ def fit(results: SweepResults, objective: Objective = Objective(),
     for i, (lr, optimum) in enumerate(zip(lrs, point)):
         feasible = optimum is not None and optimum.feasible
         column = rep_almr[:, i][np.isfinite(rep_almr[:, i])]
-        spread = len(column) > 1
+        std = float(np.std(column, ddof=1)) if feasible and len(column) > 1 else None
+        almr = optimum.almr if feasible else float("nan")
         optima.append(LrOptimum(
-            lr=float(lr), almr=optimum.almr if feasible else float("nan"),
-            value=optimum.value if feasible else float("nan"),
+            lr=float(lr), almr=almr, value=optimum.value if feasible else float("nan"),
             at_edge=feasible and optimum.at_edge, feasible=feasible,
-            in_relation=feasible and not optimum.at_edge,
-            std=float(np.std(column, ddof=1)) if spread else None,
-            low=float(np.percentile(column, 16)) if spread else None,
-            high=float(np.percentile(column, 84)) if spread else None,
+            in_relation=feasible and not optimum.at_edge, std=std,
+            low=None if std is None else almr - std, high=None if std is None else almr + std,
             feasible_share=len(column) / replicates if replicates else None))
         if optimum is not None and not optimum.feasible:
             warnings.append(f"lr {lr:g}: no swept ALMR satisfies the objective; left out")
@@ -288,6 +286,11 @@ def fit(results: SweepResults, objective: Objective = Objective(),
         warnings.append("2 learning rates in the relation: it is determined exactly, with no "
                         "goodness of fit")
     best = min(relations, key=lambda r: r.rmse)
+    if best.chi2_per_dof is not None and best.chi2_per_dof > 4:
+        warnings.append(
+            f"the optima scatter around the {best.model} relation {math.sqrt(best.chi2_per_dof):.1f}"
+            f"x more than their bootstrap errors: run-to-run variation (data order) outweighs the "
+            f"validation-batch noise that the intervals cover, so they understate the uncertainty")
     recommendation = _recommend(optima, used, best, rep_almr, lrs, target_lr)
     return AlmrFit(
         objective=objective, objective_text=objective.describe(additional, original),
@@ -322,17 +325,18 @@ def _recommend(optima, used, best: RelationFit, rep_almr, lrs, target_lr) -> Rec
     if target_lr <= 0:
         raise UserError(f"--target-lr: must be positive, got {target_lr}")
     almr = float(best.predict(target_lr))
+    sigmas = np.array([optima[i].std for i in used], dtype=float)
+    sigmas = None if np.isnan(sigmas).any() else sigmas
     predictions = []
     for row in rep_almr[:, used]:
-        params = fit_params(best.model, lrs[used], row, None) if np.isfinite(row).all() else None
+        params = fit_params(best.model, lrs[used], row, sigmas) if np.isfinite(row).all() else None
         if params is not None:
             predictions.append(float(predict(best.model, params, target_lr)))
-    spread = len(predictions) > 1
+    std = float(np.std(predictions, ddof=1)) if len(predictions) > 1 else None
     fitted = lrs[used]
     return Recommendation(
         lr=float(target_lr), almr=almr,
-        low=float(np.percentile(predictions, 16)) if spread else None,
-        high=float(np.percentile(predictions, 84)) if spread else None,
+        low=None if std is None else almr - std, high=None if std is None else almr + std,
         basis=f"the {best.model} relation ({best.formula}) at the target learning rate",
         extrapolated=not fitted.min() <= target_lr <= fitted.max())
 
@@ -341,11 +345,11 @@ def format_fit(result: AlmrFit) -> str:
     lines = [f"objective: {result.objective_text}",
              f"grid: ALMR {_list(result.almrs)} x LR {_list(result.lrs)}; bootstrap "
              f"{result.replicates} replicates over {result.validation_batches} validation batches",
-             f"  {'lr':>9} {'best ALMR':>9} {'68% interval':>15} {'objective':>9}  note"]
+             f"  {'lr':>9} {'best ALMR':>9} {'+- (1 sd)':>9} {'objective':>9}  note"]
     for o in result.optima:
-        interval = f"{o.low:.3f}-{o.high:.3f}" if o.low is not None else "-"
+        interval = f"{o.std:.3f}" if o.std is not None else "-"
         note = ("infeasible" if not o.feasible else "at grid edge" if o.at_edge else "")
-        lines.append(f"  {o.lr:>9.3g} {o.almr:>9.3f} {interval:>15} {o.value:>9.4f}  {note}")
+        lines.append(f"  {o.lr:>9.3g} {o.almr:>9.3f} {interval:>9} {o.value:>9.4f}  {note}")
     for r in result.relations:
         params = ", ".join(f"{k} = {v:.4g}" + (f" +- {r.param_std[k]:.2g}" if r.param_std else "")
                            for k, v in r.params.items())
@@ -354,7 +358,7 @@ def format_fit(result: AlmrFit) -> str:
         lines.append(f"{r.model:>10}: {r.formula}: {params}; R^2 {r.r2:.3f}, RMSE {r.rmse:.4f}"
                      f"{chi2}{mark}")
     rec = result.recommendation
-    interval = f" (68%: {rec.low:.3f}-{rec.high:.3f})" if rec.low is not None else ""
+    interval = f" (+- {rec.high - rec.almr:.3f})" if rec.low is not None else ""
     lines.append(f"recommended: ALMR {rec.almr:.3f}{interval} at LR {rec.lr:.3g}: {rec.basis}"
                  + ("; EXTRAPOLATED beyond the swept learning rates" if rec.extrapolated else ""))
     lines.extend(f"warning: {w}" for w in result.warnings)

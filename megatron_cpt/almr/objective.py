@@ -5,8 +5,11 @@ minimized on curves interpolated between the swept ALMRs (docs/ALMR.md, "Objecti
   original-language loss within ``tolerance`` (a fraction) of its value before CPT.
 - ``weighted``: ``weight x additional + (1 - weight) x mean of the original languages``.
 
-Each language's loss is interpolated over the ALMR grid by a least-squares quadratic, evaluated on a
-dense grid between the smallest and largest swept ALMR (never beyond it).
+Each language's loss is interpolated over the ALMR grid by a shape-preserving piecewise cubic
+(PCHIP: between two swept ALMRs it stays between their losses, so it adds no minimum that the runs
+do not show; a quadratic fitted to a falling, flattening loss curve turns up at its end and puts a
+false optimum there), then evaluated on a dense grid between the smallest and largest swept ALMR
+(never beyond it).
 """
 
 from __future__ import annotations
@@ -57,28 +60,37 @@ class Optimum:
     feasible: bool
 
 
-def quadratic(almrs: np.ndarray, losses: np.ndarray) -> np.ndarray:
-    """Least-squares quadratic coefficients (highest power first) of ``losses`` over ``almrs``."""
-    return np.polyfit(almrs, losses, 2)
+def interpolant(almrs: np.ndarray, losses: np.ndarray):
+    """The loss as a function of the ALMR through the swept points (``almrs`` increasing)."""
+    from scipy.interpolate import PchipInterpolator
+
+    return PchipInterpolator(almrs, losses, extrapolate=False)
 
 
-def find_optimum(objective: Objective, almrs: np.ndarray, additional: np.ndarray,
-                 original: np.ndarray, reference: Optional[np.ndarray]) -> Optimum:
-    """The objective's minimum over [min(almrs), max(almrs)].
+def objective_curve(objective: Objective, almrs: np.ndarray, additional: np.ndarray,
+                    original: np.ndarray, reference: Optional[np.ndarray],
+                    at: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ALMRs, objective there; inf where infeasible) on ``at``, default a dense grid over
+    [min(almrs), max(almrs)].
 
     ``additional``: losses at ``almrs``; ``original``: [languages, almrs]; ``reference``: the
     pre-CPT loss of each original language (needed by ``constrained``).
     """
-    grid = np.linspace(almrs.min(), almrs.max(), DENSE_POINTS)
-    add_curve = np.polyval(quadratic(almrs, additional), grid)
-    orig_curves = np.stack([np.polyval(quadratic(almrs, row), grid) for row in original])
+    grid = np.linspace(almrs.min(), almrs.max(), DENSE_POINTS) if at is None else at
+    add_curve = interpolant(almrs, additional)(grid)
+    orig_curves = np.stack([interpolant(almrs, row)(grid) for row in original])
     if objective.kind == "weighted":
-        values = objective.weight * add_curve + (1 - objective.weight) * orig_curves.mean(axis=0)
-    else:
-        bound = reference[:, None] * (1.0 + objective.tolerance)
-        values = np.where((orig_curves <= bound).all(axis=0), add_curve, np.inf)
+        return grid, objective.weight * add_curve + (1 - objective.weight) * orig_curves.mean(axis=0)
+    bound = reference[:, None] * (1.0 + objective.tolerance)
+    return grid, np.where((orig_curves <= bound).all(axis=0), add_curve, np.inf)
+
+
+def find_optimum(objective: Objective, almrs: np.ndarray, additional: np.ndarray,
+                 original: np.ndarray, reference: Optional[np.ndarray]) -> Optimum:
+    """The objective's minimum over [min(almrs), max(almrs)] (arguments as ``objective_curve``)."""
+    grid, values = objective_curve(objective, almrs, additional, original, reference)
     best = int(np.argmin(values))
     if not np.isfinite(values[best]):
         return Optimum(almr=float("nan"), value=float("nan"), at_edge=False, feasible=False)
     return Optimum(almr=float(grid[best]), value=float(values[best]),
-                   at_edge=best in (0, DENSE_POINTS - 1), feasible=True)
+                   at_edge=best in (0, len(grid) - 1), feasible=True)

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from megatron_cpt.almr.fit import AlmrFit
-from megatron_cpt.almr.objective import quadratic
+from megatron_cpt.almr.objective import interpolant, objective_curve
 from megatron_cpt.almr.relation import FORMULAS, predict
 
 
@@ -25,10 +25,7 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def _bar(center: float, low, high):
-    """Asymmetric error bar; a bootstrap percentile interval need not contain the point estimate."""
-    if low is None:
-        return None
-    return [[max(center - low, 0.0)], [max(high - center, 0.0)]]
+    return None if low is None else [[center - low], [high - center]]
 
 
 def _lr_colors(count: int):
@@ -57,17 +54,20 @@ def plot_heatmap(result: AlmrFit, language: str, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _objective_points(result: AlmrFit) -> np.ndarray:
-    """The objective at the grid points, [lr, almr] (constrained: the additional-language loss,
-    NaN where an original language is beyond its tolerance)."""
-    add = np.array(result.losses[result.additional_language])
-    orig = np.stack([np.array(result.losses[lang]) for lang in result.original_languages])
-    objective = result.objective
-    if objective.kind == "weighted":
-        return objective.weight * add + (1 - objective.weight) * orig.mean(axis=0)
-    bound = np.array([result.reference[lang] for lang in result.original_languages])
-    within = (orig <= bound[:, None, None] * (1 + objective.tolerance)).all(axis=0)
-    return np.where(within, add, np.nan)
+def _objective(result: AlmrFit, lr_index: int, at: np.ndarray | None = None):
+    """The objective at one LR (``objective_curve`` over the finite runs), or None."""
+    almrs = np.array(result.almrs)
+    add = np.array(result.losses[result.additional_language][lr_index], dtype=float)
+    orig = np.array([result.losses[lang][lr_index] for lang in result.original_languages],
+                    dtype=float)
+    finite = np.isfinite(add) & np.isfinite(orig).all(axis=0)
+    if finite.sum() < 2:
+        return None
+    reference = (None if result.reference is None else
+                 np.array([result.reference[lang] for lang in result.original_languages]))
+    grid, values = objective_curve(result.objective, almrs[finite], add[finite], orig[:, finite],
+                                   reference, at=None if at is None else at[finite])
+    return grid, np.where(np.isfinite(values), values, np.nan)
 
 
 def plot_curves(result: AlmrFit, path: Path) -> Path:
@@ -83,27 +83,33 @@ def plot_curves(result: AlmrFit, path: Path) -> Path:
         for row, lr, color in zip(grid, result.lrs, colors):
             finite = np.isfinite(row)
             ax.plot(almrs[finite], row[finite], "o", color=color, label=f"lr {lr:g}")
-            if finite.sum() >= 3:
-                ax.plot(dense, np.polyval(quadratic(almrs[finite], row[finite]), dense), "-",
-                        color=color, lw=1)
-        if result.reference:
+            if finite.sum() >= 2:
+                ax.plot(dense, interpolant(almrs[finite], row[finite])(dense), "-", color=color,
+                        lw=1)
+        before = ""
+        if result.reference and language == result.additional_language:
+            before = f" (before CPT: {result.reference[language]:.2f})"
+        elif result.reference:
             ax.axhline(result.reference[language], color="grey", ls="--", lw=1, label="before CPT")
             if result.objective.kind == "constrained" and language in result.original_languages:
                 ax.axhline(result.reference[language] * (1 + result.objective.tolerance),
                            color="red", ls=":", lw=1, label=f"+{result.objective.tolerance:.1%}")
-        ax.set_title(f"{language} validation loss")
+        ax.set_title(f"{language} validation loss{before}")
         ax.set_xlabel("ALMR")
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     ax = axes[-1]
-    points = _objective_points(result)
-    for row, optimum, color in zip(points, result.optima, colors):
-        ax.plot(almrs, row, "o-", color=color, lw=0.8, label=f"lr {optimum.lr:g}")
+    for index, (optimum, color) in enumerate(zip(result.optima, colors)):
+        curve, points = _objective(result, index), _objective(result, index, at=almrs)
+        if curve is None:
+            continue
+        ax.plot(*points, "o", color=color, label=f"lr {optimum.lr:g}")
+        ax.plot(*curve, "-", color=color, lw=1)
         if optimum.feasible:
             xerr = _bar(optimum.almr, optimum.low, optimum.high)
             ax.errorbar([optimum.almr], [optimum.value], xerr=xerr, fmt="*", ms=12, color=color,
                         capsize=3)
-    ax.set_title("objective (* = optimum, 68% interval)")
+    ax.set_title("objective (* = optimum +- 1 bootstrap sd)")
     ax.set_xlabel("ALMR")
     fig.suptitle(result.objective_text, fontsize=9)
     return save_figure(fig, path)

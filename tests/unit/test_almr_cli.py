@@ -44,10 +44,11 @@ def test_fit_writes_json_and_plots(sweep_dir, tmp_path):
     proc = _cli("fit", str(sweep_dir), "--objective", "weighted", "--bootstrap", "20",
                 "--target-lr", "2e-3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "recommended: ALMR 0.3" in proc.stdout
+    assert "recommended: ALMR 0.2" in proc.stdout
     result = json.loads((out / "almr_fit.json").read_text())
-    # weighted 0.5 of the stand-in losses: optimum 0.2 + 0.125 at 1e-3 and 0.3 + 0.125 at 3e-3.
-    assert [round(o["almr"], 3) for o in result["optima"]] == [0.325, 0.425]
+    # weighted 0.5 of the stand-in losses: optimum 0.2 at 1e-3 and 0.3 at 3e-3.
+    assert [o["almr"] for o in result["optima"]] == [pytest.approx(0.2, abs=0.01),
+                                                     pytest.approx(0.3, abs=0.01)]
     assert {r["model"] for r in result["relations"]} == {"log-linear", "power-law"}
     assert result["recommendation"]["lr"] == 2e-3 and result["replicates"] == 20
     names = sorted(p.name for p in out.iterdir())
