@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ META_FILE = "megatron_cpt.json"
 FORMAT_VERSION = 1
 # Transformer Engine layers (and FP8 state) save an ``_extra_state`` object next to their weights.
 EXTRA_STATE_SUFFIX = "_extra_state"
+PAUSE_ENV = "MEGATRON_CPT_TEST_PAUSE"
 
 
 def _rank() -> int:
@@ -131,11 +133,22 @@ def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[
             json.dump(meta, handle, indent=2, sort_keys=True)
             handle.flush()
             os.fsync(handle.fileno())
+        pause_for_test("rename", final.parent)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     _barrier()
     return final
+
+
+def pause_for_test(point: str, directory: Path) -> None:
+    """Lets the kill tests stop a save at an exact point (``rename``: written, not yet renamed;
+    ``latest``: renamed, ``latest`` not yet replaced). With ``MEGATRON_CPT_TEST_PAUSE=point``,
+    rank 0 leaves ``directory/paused-at-<point>`` and waits there to be killed."""
+    if os.environ.get(PAUSE_ENV) == point:
+        (directory / f"paused-at-{point}").touch()
+        while True:
+            time.sleep(1)
 
 
 def load_dist_checkpoint(sharded_state: dict, directory: str | Path) -> dict:

@@ -26,7 +26,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_cpt.checkpointing.dist_io import (apply_model_state, is_complete,
                                                load_dist_checkpoint, model_sharded_state_dict,
-                                               read_meta, save_dist_checkpoint)
+                                               pause_for_test, read_meta, save_dist_checkpoint)
 from megatron_cpt.config.checkpoint import CheckpointConfig
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
@@ -118,6 +118,7 @@ def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, sche
     if dist.get_rank() == 0:
         tmp_marker = ckpt_dir / (LATEST + ".tmp")
         tmp_marker.write_text(final.name + "\n")
+        pause_for_test("latest", ckpt_dir)
         os.replace(tmp_marker, ckpt_dir / LATEST)
         if keep_last:
             _prune(ckpt_dir, keep_last)
