@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # CPU build from local disk; on a GPU machine set TORCH_SPEC=torch (or keep the image's torch).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: test test-unit test-distributed demo almr-study bench gpu-check clean
+.PHONY: test test-unit test-distributed test-slurm launch-examples demo almr-study bench gpu-check clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test-unit: $(VENV)/.installed
 
 test-distributed: $(VENV)/.installed
 	$(PY) -m pytest -q tests/distributed
+
+# A real single-node Slurm, started by the tests (root; Debian slurmctld slurmd slurm-client munge).
+test-slurm: $(VENV)/.installed
+	$(PY) -m pytest -q tests/slurm
+
+# Regenerate launch/*.sbatch from the H100 recipes (a test fails when they are stale).
+launch-examples: $(VENV)/.installed
+	$(PY) -m megatron_cpt.launch.example_scripts
 
 demo: $(VENV)/.installed
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash examples/demo.sh

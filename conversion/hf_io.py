@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from megatron_cpt.errors import CheckpointError
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -27,14 +29,30 @@ Span = Optional[tuple[int, int]]
 
 
 def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a .safetensors file (names, dtypes, shapes), without reading any tensor."""
+    """The JSON header of a .safetensors file (names, dtypes, shapes), without reading any tensor.
+
+    Also checks that the file holds every byte its header describes: a truncated shard (a copy
+    cut short) is refused here, before any rank starts, rather than by a rank mid-conversion.
+    """
+    size = path.stat().st_size
     with open(path, "rb") as handle:
         raw = handle.read(8)
         if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
         (length,) = struct.unpack("<Q", raw)
-        header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
+        if length > size - 8:
+            raise CheckpointError(f"{path}: not a safetensors file, or truncated inside its header "
+                                  f"({size:,} bytes)")
+        try:
+            header = json.loads(handle.read(length))
+            header.pop("__metadata__", None)
+            end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise CheckpointError(f"{path}: not a safetensors file (its header is not a tensor "
+                                  f"table)") from None
+    if 8 + length + end > size:
+        raise CheckpointError(f"{path}: truncated ({size:,} bytes; its header describes "
+                              f"{8 + length + end:,})")
     return header
 
 
@@ -47,16 +65,22 @@ class HfCheckpoint:
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path}: no such file (a Hugging Face model directory "
                                     f"has config.json and *.safetensors)")
-        self.config: dict = json.loads(config_path.read_text())
+        try:
+            self.config: dict = json.loads(config_path.read_text())
+        except ValueError as exc:
+            raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
         self.weight_map = self._read_weight_map()
         self._headers: dict[str, dict] = {}
 
     def _read_weight_map(self) -> dict[str, str]:
         index = self.dir / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map")
+            try:
+                weight_map = json.loads(index.read_text()).get("weight_map")
+            except (ValueError, AttributeError):
+                weight_map = None
             if not isinstance(weight_map, dict):
-                raise ValueError(f"{index}: no 'weight_map' object")
+                raise CheckpointError(f"{index}: no 'weight_map' object")
             return dict(weight_map)
         if (self.dir / SINGLE_FILE).is_file():
             return {name: SINGLE_FILE for name in read_safetensors_header(self.dir / SINGLE_FILE)}
@@ -71,7 +95,7 @@ class HfCheckpoint:
                 raise FileNotFoundError(f"{path}: safetensors shard named in {INDEX_FILE} is missing")
         for name, file_name in self.weight_map.items():
             if name not in self._header(file_name):
-                raise ValueError(f"{self.dir / file_name}: has no tensor '{name}' "
+                raise CheckpointError(f"{self.dir / file_name}: has no tensor '{name}' "
                                  f"although {INDEX_FILE} says so")
 
     def _header(self, file_name: str) -> dict:

@@ -247,8 +247,10 @@ def convert_this_rank(args: argparse.Namespace) -> int:
 # ---- the command ----------------------------------------------------------------------------------
 
 def run_hf_to_mcore(args: argparse.Namespace) -> int:
+    from megatron_cpt.conversion.host import HOST_ENV, run_on_host
     from megatron_cpt.launch.local import inside_distributed_job, run_local
 
+    run_on_host()
     if inside_distributed_job():
         return convert_this_rank(args)
     out_dir = Path(args.out_dir)
@@ -256,21 +258,30 @@ def run_hf_to_mcore(args: argparse.Namespace) -> int:
     _, cfg, parallel = prepare(args)
     print(f"hf-to-mcore: {args.hf_dir} -> {out_dir}: {cfg.num_layers} layers, vocab {cfg.vocab_size}, "
           f"{parallel.tp * parallel.pp} ranks", flush=True)
-    status = run_local(WORKER_MODULE, worker_argv(args), parallel.tp * parallel.pp)
+    status = 1
+    try:
+        status = run_local(WORKER_MODULE, worker_argv(args), parallel.tp * parallel.pp, env=HOST_ENV)
+    finally:
+        if status != 0:  # a rank failed (or reported a user error): leave no partial output
+            partial = out_dir.with_name(out_dir.name + ".tmp")
+            if partial.exists():
+                shutil.rmtree(partial)
     if status != 0:
-        partial = out_dir.with_name(out_dir.name + ".tmp")
-        if partial.exists():
-            shutil.rmtree(partial)
         print(f"megatron-cpt convert: error: hf-to-mcore failed (exit status {status})"
               + ("" if out_dir.exists() else f"; nothing was written to {out_dir}"), file=sys.stderr)
-        return status or 1
+        return status
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megatron_cpt.conversion.host import run_on_host
+    from megatron_cpt.launch.local import run_rank
+
+    run_on_host()
     parser = argparse.ArgumentParser(prog=f"python -m {WORKER_MODULE}", description=__doc__)
     add_arguments(parser)
-    return convert_this_rank(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_rank(lambda: convert_this_rank(args), "convert")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def load_global_tensors(ckpt_dir: str | Path, metadata: dict, keys: list[str],
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
+    from megatron_cpt.checkpointing.dist_io import reading_checkpoint
+
     requests = {}
     for key in keys:
         info = metadata[key]
@@ -73,7 +75,8 @@ def load_global_tensors(ckpt_dir: str | Path, metadata: dict, keys: list[str],
                 replica_id=0)
     # Reading one layer of a stacked tensor is a partial access by design: skip the check that the
     # requests of all ranks together cover every tensor.
-    loaded = dist_checkpointing.load(requests, str(ckpt_dir), validate_access_integrity=False)
+    with reading_checkpoint(ckpt_dir):
+        loaded = dist_checkpointing.load(requests, str(ckpt_dir), validate_access_integrity=False)
     # The result also holds the checkpoint's common state (a training checkpoint's scheduler and
     # progress): keep the requested tensors only.
     return {key: loaded[key][0] if layer is not None else loaded[key] for key in requests}

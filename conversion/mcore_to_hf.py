@@ -167,8 +167,10 @@ def write_safetensors(ckpt: Path, metadata: dict, cfg: ModelConfig, out: Path, d
 
 
 def run_mcore_to_hf(args: argparse.Namespace) -> int:
+    from megatron_cpt.conversion.host import run_on_host
     from megatron_cpt.conversion.mcore_io import read_tensor_metadata, single_rank_session
 
+    run_on_host()
     ckpt, out = Path(args.ckpt_dir), Path(args.out_dir)
     meta = read_meta(ckpt)
     cfg = model_config_of(meta, ckpt)

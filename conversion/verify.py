@@ -156,18 +156,25 @@ def verify_this_rank(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from megatron_cpt.conversion.host import HOST_ENV, run_on_host
     from megatron_cpt.launch.local import inside_distributed_job, run_local
 
+    run_on_host()
     if inside_distributed_job():
         return verify_this_rank(args)
     _, parallel = prepare(args)
-    return run_local(WORKER_MODULE, worker_argv(args), parallel.tp * parallel.pp)
+    return run_local(WORKER_MODULE, worker_argv(args), parallel.tp * parallel.pp, env=HOST_ENV)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megatron_cpt.conversion.host import run_on_host
+    from megatron_cpt.launch.local import run_rank
+
+    run_on_host()
     parser = argparse.ArgumentParser(prog=f"python -m {WORKER_MODULE}", description=__doc__)
     add_arguments(parser)
-    return verify_this_rank(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return run_rank(lambda: verify_this_rank(args), "convert")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     megatron-cpt train examples/llama3_tiny_cpt_2xcpu.yaml train.steps=20
     megatron-cpt convert hf-to-mcore --hf-dir HF --out-dir CKPT --tp 2 --pp 2
     megatron-cpt data prepare --input corpus.jsonl --output-prefix data/zh --tokenizer hf:TOK_DIR
+    megatron-cpt launch slurm examples/llama3_8b_cpt_8xh100_fp8.yaml --partition gpu --time 04:00:00
 
 Each verb lives in its own module with a ``register(subparsers)`` function; a verb parses, validates
 (errors exit with status 2 and name the field or file), then calls one function.
@@ -14,7 +15,7 @@ import argparse
 import importlib
 import sys
 
-from megatron_cpt.errors import UserError
+from megatron_cpt.errors import UserError, one_line
 
 # verb -> (module with register(subparsers), one-line help). Only the chosen verb's module is
 # imported, so `megatron-cpt data ...` does not pay for torch and megatron-core imports it never uses.
@@ -22,6 +23,7 @@ VERBS = {
     "data": ("megatron_cpt.data.cli", "corpora, tokenizers, indexed datasets and ALMR mixtures"),
     "train": ("megatron_cpt.train.cli", "train (continual pre-training) from a recipe"),
     "convert": ("megatron_cpt.conversion.cli", "Hugging Face <-> megatron-core checkpoints"),
+    "launch": ("megatron_cpt.launch.cli", "submit training jobs to Slurm"),
     "profile": ("megatron_cpt.profile.cli", "throughput report of a run; memory estimate of a recipe"),
     "almr": ("megatron_cpt.almr.cli", "the ALMR x learning-rate study: sweep, status, fit"),
 }
@@ -43,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(verb if verb in VERBS else None).parse_args(argv)
+    from megatron_cpt.runtime.quiet import quiet_known_warnings
+
+    quiet_known_warnings()
     try:
         result = args.func(args)
     except (UserError, FileNotFoundError, FileExistsError) as exc:
-        print(f"megatron-cpt {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"megatron-cpt {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

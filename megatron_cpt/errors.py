@@ -15,3 +15,8 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint directory is missing, incomplete, corrupt, or does not fit the model."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message as the one line the user sees (some libraries' messages span several)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

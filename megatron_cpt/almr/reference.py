@@ -35,8 +35,8 @@ def evaluate_initial_weights(recipe: Recipe) -> None:
 
 def main(argv: list[str]) -> int:
     from megatron_cpt.data.mixture import resolve_mixture
-    from megatron_cpt.launch.local import inside_distributed_job, run_local
-    from megatron_cpt.runtime.parallel import quiet_known_warnings
+    from megatron_cpt.launch.local import inside_distributed_job, run_local, run_rank
+    from megatron_cpt.runtime.quiet import quiet_known_warnings
 
     quiet_known_warnings()
     try:
@@ -50,9 +50,12 @@ def main(argv: list[str]) -> int:
         print(f"megatron-cpt almr: error: {exc}", file=sys.stderr)
         return 2
     if inside_distributed_job():
-        evaluate_initial_weights(recipe)
-        return 0
-    return run_local("megatron_cpt.almr.reference", argv, recipe.launch.procs_per_node)
+        return run_rank(lambda: evaluate_initial_weights(recipe) or 0, "almr")
+    try:
+        return run_local("megatron_cpt.almr.reference", argv, recipe.launch.procs_per_node)
+    except UserError as exc:  # raised in a rank, reported once
+        print(f"megatron-cpt almr: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@ process killed mid-write leaves no directory that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ META_FILE = "megatron_cpt.json"
 FORMAT_VERSION = 1
 # Transformer Engine layers (and FP8 state) save an ``_extra_state`` object next to their weights.
 EXTRA_STATE_SUFFIX = "_extra_state"
+PAUSE_ENV = "MEGATRON_CPT_TEST_PAUSE"
 
 
 def _rank() -> int:
@@ -49,6 +53,7 @@ def is_complete(directory: str | Path) -> bool:
 
 
 def read_meta(directory: str | Path) -> dict:
+    """``megatron_cpt.json`` of a complete checkpoint whose shard files are all there and whole."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint '{directory}': no such directory")
@@ -56,7 +61,57 @@ def read_meta(directory: str | Path) -> dict:
         raise CheckpointError(
             f"checkpoint '{directory}': incomplete or not a megatron-cpt checkpoint "
             f"(no {META_FILE} or metadata.json)")
-    return json.loads((directory / META_FILE).read_text())
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint '{directory}': {META_FILE} is not valid JSON ({exc})") from None
+    check_shard_files(directory)
+    return meta
+
+
+def check_shard_files(directory: Path) -> None:
+    """Every shard file the checkpoint's index (``.metadata``) names exists and is long enough for
+    the byte ranges the index records: a copy cut short or a full disk is found before any rank
+    starts reading."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        index = FileSystemReader(str(directory)).read_metadata()
+    except Exception as exc:  # noqa: BLE001 - a missing or unreadable index, whatever the cause
+        raise CheckpointError(f"checkpoint '{directory}': its index .metadata cannot be read "
+                              f"({type(exc).__name__})") from None
+    needed: dict[str, int] = {}
+    for info in index.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint '{directory}': shard file {name} is missing")
+        if path.stat().st_size < size:
+            raise CheckpointError(f"checkpoint '{directory}': shard file {name} is truncated "
+                                  f"({path.stat().st_size:,} of {size:,} bytes)")
+
+
+@contextlib.contextmanager
+def reading_checkpoint(directory: str | Path):
+    """Report a dist-checkpointing read that fails on the files' content as a CheckpointError."""
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as exc:  # torch's, raised for any rank's failure (a BaseException)
+        cause = next(iter(exc.failures.values()), (exc, None))[0]
+        raise CheckpointError(f"checkpoint '{directory}': cannot be read ({_describe(cause)})") from None
+    except (CheckpointingException, pickle.UnpicklingError, EOFError) as exc:
+        raise CheckpointError(f"checkpoint '{directory}': cannot be read ({_describe(exc)})") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (pickle.UnpicklingError, EOFError)):
+        return f"a file is corrupt or cut short: {type(exc).__name__}"
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else 'no message'}"
 
 
 def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[str, Any]) -> Path:
@@ -78,11 +133,22 @@ def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[
             json.dump(meta, handle, indent=2, sort_keys=True)
             handle.flush()
             os.fsync(handle.fileno())
+        pause_for_test("rename", final.parent)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     _barrier()
     return final
+
+
+def pause_for_test(point: str, directory: Path) -> None:
+    """Lets the kill tests stop a save at an exact point (``rename``: written, not yet renamed;
+    ``latest``: renamed, ``latest`` not yet replaced). With ``MEGATRON_CPT_TEST_PAUSE=point``,
+    rank 0 leaves ``directory/paused-at-<point>`` and waits there to be killed."""
+    if os.environ.get(PAUSE_ENV) == point:
+        (directory / f"paused-at-{point}").touch()
+        while True:
+            time.sleep(1)
 
 
 def load_dist_checkpoint(sharded_state: dict, directory: str | Path) -> dict:
@@ -100,8 +166,9 @@ def load_dist_checkpoint(sharded_state: dict, directory: str | Path) -> dict:
     read_meta(directory)
     # megatron-core calls requested-but-absent keys "unexpected"; this mode drops them from the
     # request and returns them instead of failing inside the load.
-    loaded, _, absent = dist_checkpointing.load(sharded_state, str(directory),
-                                                strict=StrictHandling.RETURN_UNEXPECTED)
+    with reading_checkpoint(directory):
+        loaded, _, absent = dist_checkpointing.load(sharded_state, str(directory),
+                                                    strict=StrictHandling.RETURN_UNEXPECTED)
     needed = sorted(key for key in absent if not key.endswith(EXTRA_STATE_SUFFIX))
     if needed:
         raise CheckpointError(

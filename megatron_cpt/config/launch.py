@@ -1,8 +1,9 @@
-"""LaunchConfig: how many processes the job has (nodes x processes per node)."""
+"""LaunchConfig: how many processes the job has (nodes x processes per node) and how they meet."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from megatron_cpt.errors import ConfigError
 
@@ -10,7 +11,13 @@ from megatron_cpt.errors import ConfigError
 @dataclass
 class LaunchConfig:
     nodes: int = 1
+    # Ranks per node: GPUs on a GPU node, processes on a CPU node.
     procs_per_node: int = 1
+    # What a Slurm job asks for: gpu (--gpus-per-node=procs_per_node) or cpu (no GPUs; ranks on
+    # CPU cores over gloo, as in tests and demos). Training itself uses CUDA whenever it exists.
+    accelerator: Literal["gpu", "cpu"] = "gpu"
+    # Timeout of the process groups' collectives and of the torchrun rendezvous, in minutes.
+    dist_timeout_minutes: int = 30
 
     @property
     def world_size(self) -> int:
@@ -21,3 +28,6 @@ class LaunchConfig:
             raise ConfigError(f"launch.nodes: must be >= 1, got {self.nodes}")
         if self.procs_per_node < 1:
             raise ConfigError(f"launch.procs_per_node: must be >= 1, got {self.procs_per_node}")
+        if self.dist_timeout_minutes < 1:
+            raise ConfigError(
+                f"launch.dist_timeout_minutes: must be >= 1, got {self.dist_timeout_minutes}")

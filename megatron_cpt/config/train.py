@@ -24,6 +24,9 @@ class TrainConfig:
     # End this run (with a checkpoint) after this step; the LR schedule still spans `steps`.
     # For allocations shorter than the whole run: the next run resumes from here.
     stop_at_step: Optional[int] = None
+    # Wall-clock budget of one start, in minutes: stop with a checkpoint (exit status 75) before
+    # another step and its save would exceed it. Measured from the start of training set-up.
+    time_limit_minutes: Optional[float] = None
 
     def validate(self, data_parallel_size: int) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "seq_length"):
@@ -37,6 +40,9 @@ class TrainConfig:
         if self.stop_at_step is not None and not 0 < self.stop_at_step <= self.steps:
             raise ConfigError(f"train.stop_at_step: must be in [1, train.steps={self.steps}], "
                               f"got {self.stop_at_step}")
+        if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
+            raise ConfigError(f"train.time_limit_minutes: must be positive when set, got "
+                              f"{self.time_limit_minutes}")
         if self.eval_interval < 0 or self.eval_steps <= 0:
             raise ConfigError("train.eval_interval / eval_steps: must be >= 0 / > 0")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import warnings
 
 import torch
 
@@ -19,19 +18,11 @@ from megatron_cpt.config.optim import OptimConfig
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.runtime import cpu_emulation
 from megatron_cpt.runtime.mcore_compat import patch_adam_state_loading
+from megatron_cpt.runtime.quiet import quiet_known_warnings
 
 
 def on_cuda() -> bool:
     return torch.cuda.is_available()
-
-
-def quiet_known_warnings() -> None:
-    """Silence megatron-core/torch notices that say nothing actionable for this product's users."""
-    for pattern in (".*Transformer Engine and Apex are not installed.*", ".*Apex is not installed.*",
-                    ".*CUDA_DEVICE_MAX_CONNECTIONS.*", ".*full scope is deprecated.*",
-                    ".*is deprecated. Please use `torch.distributed.*",
-                    ".*\\.grad attribute of a Tensor that is not a leaf.*"):
-        warnings.filterwarnings("ignore", message=pattern)
 
 
 def initialize_parallel(parallel: ParallelConfig, seed: int, timeout_minutes: int = 30) -> None:

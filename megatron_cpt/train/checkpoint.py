@@ -26,7 +26,8 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_cpt.checkpointing.dist_io import (apply_model_state, is_complete,
                                                load_dist_checkpoint, model_sharded_state_dict,
-                                               read_meta, save_dist_checkpoint)
+                                               pause_for_test, read_meta, save_dist_checkpoint)
+from megatron_cpt.config.checkpoint import CheckpointConfig
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.errors import CheckpointError
@@ -117,6 +118,7 @@ def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, sche
     if dist.get_rank() == 0:
         tmp_marker = ckpt_dir / (LATEST + ".tmp")
         tmp_marker.write_text(final.name + "\n")
+        pause_for_test("latest", ckpt_dir)
         os.replace(tmp_marker, ckpt_dir / LATEST)
         if keep_last:
             _prune(ckpt_dir, keep_last)
@@ -141,6 +143,18 @@ def check_model_matches(meta: dict, model: ModelConfig, source: str) -> None:
             raise CheckpointError(
                 f"{source}: model.{name} is {getattr(model, name)} in the recipe but "
                 f"{saved[name]} in the checkpoint")
+
+
+def check_checkpoints_before_start(checkpoint: CheckpointConfig, ckpt_dir: Path,
+                                   model: ModelConfig) -> None:
+    """Run before any rank starts, as the data files are checked: the initial weights, and the
+    checkpoint the run would resume from, are complete, whole, and of the recipe's model."""
+    resume_from = find_resume_checkpoint(ckpt_dir) if checkpoint.resume else None
+    if resume_from is not None:
+        check_model_matches(read_meta(resume_from), model, f"checkpoint '{resume_from}'")
+    elif checkpoint.pretrained:
+        check_model_matches(read_meta(checkpoint.pretrained), model,
+                            f"checkpoint.pretrained '{checkpoint.pretrained}'")
 
 
 def load_training_checkpoint(path: Path, model_chunks, optimizer, scheduler, model: ModelConfig,

@@ -3,7 +3,12 @@
     megatron-cpt train examples/llama3_tiny_cpt_2xcpu.yaml train.steps=20 parallel.tp=2
 
 Outside a distributed job this starts ``launch.procs_per_node`` local ranks itself (torchrun,
-single node); inside one (torchrun or srun set ``WORLD_SIZE``/``RANK``) it is the rank.
+single node); inside one (torchrun sets ``RANK``/``WORLD_SIZE``) it is the rank. Several nodes:
+``megatron-cpt launch slurm`` (srun sets only ``SLURM_PROCID``/``SLURM_NTASKS``; the generated
+script starts torchrun per node, or maps those to ``RANK``/``WORLD_SIZE`` per GPU).
+
+Exit status: 0 finished, 2 bad input, 3 non-finite loss, 75 stopped early with a checkpoint
+(SIGTERM or ``train.time_limit_minutes``): run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ def run(args) -> int:
     # The data files too (present, non-empty, ids match the model) before any rank or run dir.
     resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
                     with_validation=recipe.train.eval_interval > 0)
+    # And the initial weights (or the checkpoint to resume from): present, whole, of this model.
+    from megatron_cpt.model.specs import resolve_attention_backend
+    from megatron_cpt.train.checkpoint import check_checkpoints_before_start
+    from megatron_cpt.train.state import checkpoint_dir
+
+    check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
+    resolve_attention_backend(recipe.model.attention_backend)  # a broken TE install, said once
     if inside_distributed_job():
         from megatron_cpt.train.worker import train_this_rank
 
@@ -37,9 +49,8 @@ def run(args) -> int:
         from megatron_cpt.errors import UserError
 
         raise UserError(
-            f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; run "
-            f"`torchrun --nnodes {recipe.launch.nodes} --nproc-per-node "
-            f"{recipe.launch.procs_per_node} -m megatron_cpt.train.worker RECIPE` on every node "
-            f"(e.g. under srun), see docs/TRAINING.md")
+            f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; submit a "
+            f"Slurm job with `megatron-cpt launch slurm {args.recipe} --partition P --time "
+            f"HH:MM:SS --submit` (docs/LAUNCH.md)")
     return run_local("megatron_cpt.train.worker", [args.recipe, *args.overrides],
-                     recipe.launch.procs_per_node)
+                     recipe.launch.procs_per_node, run_dir=recipe.logging.run_dir)

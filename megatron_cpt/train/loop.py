@@ -1,13 +1,13 @@
 """The training loop as named steps, each with one call site:
 
-    state = build_state(recipe)              # megatron_cpt.train.state
-    while step < final step:
-        result = train_one_step(state)         # one optimizer step on the next global batch
-        evals = maybe_evaluate(state, result)  # validation sets every train.eval_interval steps
-        record_step(state, result, evals)      # metrics.jsonl + TensorBoard + log line; NaN policy
-        maybe_checkpoint(state)                # every checkpoint.save_interval steps
-    maybe_checkpoint(state, at_end=True)
-    finally: teardown
+    state = build_state(recipe)                    # megatron_cpt.train.state
+    until a stop reason:
+        record = train_one_step(state)             # one optimizer step on the next global batch
+        evals = maybe_evaluate(state, record)      # validation every train.eval_interval steps
+        reason = stops.agree(...)                  # finished, SIGTERM or wall-clock budget: all ranks
+        maybe_checkpoint(state, record, reason)    # every save_interval steps, and when stopping
+        record_step(state, record, evals)          # metrics.jsonl + TensorBoard + log line
+    finally: progress.jsonl end line, metrics closed
 
 Run by every rank of a job (``megatron-cpt train`` starts the ranks); see ``megatron_cpt.train.cli``.
 """
@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 
 from megatron_cpt.config.recipe import Recipe
+from megatron_cpt.train import progress_log
+from megatron_cpt.train.preemption import StopReason, StopRequests
 from megatron_cpt.train.state import TrainState, build_state, is_logging_rank, log
 from megatron_cpt.train.step import StepResult
 
@@ -32,6 +34,7 @@ class TrainOutcome:
     last_step: int
     last_loss: float
     checkpoint: str | None
+    stop_reason: StopReason
 
 
 @dataclass
@@ -41,6 +44,11 @@ class StepRecord:
     result: StepResult
     timing: dict[str, float]  # step time and its breakdown (megatron_cpt.train.timers)
     batch_digest: str | None
+    checkpoint_save_s: float | None = None
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.result.loss)
 
     @property
     def step_time_s(self) -> float:
@@ -71,7 +79,7 @@ def maybe_evaluate(state: TrainState, record: StepRecord) -> dict[str, float]:
     from megatron_cpt.train.evaluation import evaluate_validation_sets
 
     interval = state.recipe.train.eval_interval
-    if not math.isfinite(record.result.loss) or not interval or state.progress.step % interval:
+    if not record.finite or not interval or state.progress.step % interval:
         return {}
     return evaluate_validation_sets(state.model, state.data, state.recipe, state.dp_rank,
                                     state.dp_size, state.num_microbatches)
@@ -87,7 +95,9 @@ def record_step(state: TrainState, record: StepRecord, evals: dict[str, float]) 
               **record.timing, **state.throughput.values(record.step_time_s), **peak_memory_gb()}
     if "pipeline_bubble" in record.timing:
         values["pipeline_bubble_estimate"] = state.throughput.bubble_estimate
-    if not math.isfinite(result.loss):
+    if record.checkpoint_save_s is not None:
+        values["checkpoint_save_s"] = record.checkpoint_save_s
+    if not record.finite:
         state.consecutive_skips += 1
         progress.skipped_steps += 1
         state.metrics.write(progress.step, {**values, "skipped": True})
@@ -108,36 +118,56 @@ def record_step(state: TrainState, record: StepRecord, evals: dict[str, float]) 
             f"grad_norm {result.grad_norm or 0:.3f} {elapsed:.2f}s")
 
 
-def maybe_checkpoint(state: TrainState, at_end: bool = False) -> None:
-    """Save every ``checkpoint.save_interval`` steps, and at the end unless that step is saved."""
+def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) -> None:
+    """Save every ``checkpoint.save_interval`` steps, and when the run stops: always when it can
+    resume later, at its end when ``checkpoint.save_at_end``. Sets ``record.checkpoint_save_s``."""
     from megatron_cpt.train.checkpoint import save_training_checkpoint
 
     cfg, step = state.recipe, state.progress.step
-    if state.saved_step == step:
+    if state.saved_step == step or (not record.finite and cfg.train.nonfinite_loss == "stop"):
         return
     interval = cfg.checkpoint.save_interval
-    due = cfg.checkpoint.save_at_end if at_end else bool(interval) and step % interval == 0
+    due = (bool(interval) and step % interval == 0) or reason.resumable or (
+        reason == StopReason.FINISHED and cfg.checkpoint.save_at_end)
     if not due:
         return
     start = time.perf_counter()
     state.last_saved = save_training_checkpoint(
         state.ckpt_dir, state.model, state.optimizer, state.scheduler, state.progress, cfg.model,
         cfg.parallel, cfg.checkpoint.keep_last)
+    record.checkpoint_save_s = time.perf_counter() - start
     state.saved_step = step
-    # Added to this step's record; the launch work sizes its pre-emption warning from it.
-    state.metrics.write(step, {"checkpoint_save_s": time.perf_counter() - start})
+    state.longest_save_s = max(state.longest_save_s, record.checkpoint_save_s)
 
 
 def run_training(recipe: Recipe) -> TrainOutcome:
+    stops = StopRequests(recipe.train.time_limit_minutes)
+    stops.install()
     state = build_state(recipe)
+    run_dir = recipe.logging.run_dir
+    if is_logging_rank():
+        progress_log.record_start(run_dir, state.progress.step, state.final_step)
+    reason = StopReason.FINISHED if state.progress.step >= state.final_step else StopReason.NONE
+    ended = "failed"
     try:
-        while state.progress.step < state.final_step:
+        while reason == StopReason.NONE:
             record = train_one_step(state)
             evals = maybe_evaluate(state, record)
+            reason = stops.agree(finished=state.progress.step >= state.final_step,
+                                 next_step_s=record.step_time_s + state.longest_save_s)
+            maybe_checkpoint(state, record, reason)
             record_step(state, record, evals)
-            maybe_checkpoint(state)
-        maybe_checkpoint(state, at_end=True)
+        ended = reason.label
+        if reason.resumable:
+            log(f"stopped after step {state.progress.step} ({ended}); resume from "
+                f"{state.last_saved}")
+    except NonFiniteLossError:
+        ended = "nonfinite"
+        raise
     finally:
+        if is_logging_rank():
+            progress_log.record_end(run_dir, state.progress.step, ended,
+                                    str(state.last_saved) if state.last_saved else None)
         state.metrics.close()
     return TrainOutcome(state.progress.step, state.last_loss,
-                        str(state.last_saved) if state.last_saved else None)
+                        str(state.last_saved) if state.last_saved else None, reason)

@@ -24,8 +24,6 @@ class MetricsWriter:
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
-        self._last: dict | None = None  # the newest record and where it starts in the file
-        self._last_offset = 0
         if not enabled:
             return
         run_dir = Path(run_dir)
@@ -37,19 +35,11 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def write(self, step: int, values: dict[str, Any]) -> None:
-        """Append the record of ``step``. A second write for the step just written adds its values
-        to that record (the checkpoint time is measured after the step was recorded)."""
+        """Append the record of ``step`` (one per step)."""
         if not self.enabled:
             return
-        cleaned = {k: _clean(v) for k, v in values.items()}
-        if self._last is not None and self._last["step"] == step:
-            self._jsonl.truncate(self._last_offset)
-            record = {**self._last, **cleaned}
-        else:
-            record = {"step": step, **cleaned}
-        self._last_offset = self._jsonl.seek(0, 2)
+        record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
-        self._last = record
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and value is not None and math.isfinite(value):

@@ -55,6 +55,7 @@ class TrainState:
     saved_step: Optional[int] = None
     last_loss: float = float("nan")
     consecutive_skips: int = 0
+    longest_save_s: float = 0.0
 
     @property
     def final_step(self) -> int:
@@ -86,7 +87,7 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.train.schedule import build_scheduler
 
     # 1. Process groups and seeds.
-    initialize_parallel(cfg.parallel, cfg.train.seed)
+    initialize_parallel(cfg.parallel, cfg.train.seed, timeout_minutes=cfg.launch.dist_timeout_minutes)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
 

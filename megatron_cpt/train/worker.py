@@ -1,8 +1,16 @@
-"""One rank of a training job: ``python -m megatron_cpt.train.worker RECIPE [KEY=VALUE ...]``."""
+"""One rank of a training job: ``python -m megatron_cpt.train.worker RECIPE [KEY=VALUE ...]``.
+
+Exit status: 0 when the run finished, 3 on a non-finite loss, 75 (``EXIT_RESUMABLE``) when it
+stopped early with a checkpoint (SIGTERM or ``train.time_limit_minutes``). Under torchrun a
+resumable stop exits 0 instead, since torchrun reports any non-zero rank as a failure and does not
+pass the status on; ``megatron-cpt train`` and the Slurm script read ``RUN_DIR/progress.jsonl``.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -14,26 +22,32 @@ def train_this_rank(recipe: Recipe) -> int:
 
     from megatron_cpt.runtime.parallel import destroy_parallel
     from megatron_cpt.train.loop import NonFiniteLossError, run_training
+    from megatron_cpt.train.preemption import EXIT_RESUMABLE
 
     run_dir = Path(recipe.logging.run_dir)
     try:
         outcome = run_training(recipe)
     except NonFiniteLossError as exc:
-        print(f"megatron-cpt train: error: {exc}", file=sys.stderr, flush=True)
+        if dist.get_rank() == 0:  # every rank knows the loss: one line for the job
+            print(f"megatron-cpt train: error: {exc}", file=sys.stderr, flush=True)
         return 3
     if dist.get_rank() == 0:
         (run_dir / "recipe.resolved.json").write_text(json.dumps(recipe.to_dict(), indent=2))
-        print(f"[megatron-cpt] done: step {outcome.last_step}, loss {outcome.last_loss:.4f}, "
+        loss = "" if math.isnan(outcome.last_loss) else f", loss {outcome.last_loss:.4f}"
+        print(f"[megatron-cpt] {outcome.stop_reason.label}: step {outcome.last_step}{loss}, "
               f"run dir {run_dir}, checkpoint {outcome.checkpoint}", flush=True)
     destroy_parallel()
+    if outcome.stop_reason.resumable and "TORCHELASTIC_RUN_ID" not in os.environ:
+        return EXIT_RESUMABLE
     return 0
 
 
 def main(argv: list[str]) -> int:
-    from megatron_cpt.runtime.parallel import quiet_known_warnings
+    from megatron_cpt.launch.environment import adopt_slurm_rank_environment
+    from megatron_cpt.launch.local import run_rank
 
-    quiet_known_warnings()
-    return train_this_rank(load_recipe(argv[0], argv[1:]))
+    adopt_slurm_rank_environment()
+    return run_rank(lambda: train_this_rank(load_recipe(argv[0], argv[1:])), "train")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Stopping after step 5 and resuming gives the losses of an uninterrupted run, and a run killed
-while it writes a checkpoint resumes from the previous one."""
+"""Stopping after step 5 and resuming gives the losses of an uninterrupted run (also in another
+layout), and runs killed while they write a checkpoint, rename it, or update ``latest`` resume from
+the previous one."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +16,7 @@ import psutil
 import pytest
 
 from harness import TINY_RECIPE, losses, metrics, train, write_initial_weights
+from megatron_cpt.checkpointing.dist_io import PAUSE_ENV, is_complete
 from token_fixtures import EOD_ID, write_byte_dataset
 
 TP1_PP2 = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=2"]
@@ -40,7 +44,7 @@ def test_resume_matches_uninterrupted_run(setup):
     shutil.copytree(split, resharded)
 
     out = train(common + TP1_PP2 + [f"logging.run_dir={split}"])
-    assert "resumed from" in out.stdout and "at step 5" in out.stdout
+    assert f"resumed from {split / 'checkpoints' / 'step_000005'} at step 5" in out.stdout
     reference = losses(full)
     assert len(reference) == 10
     # Same layout: bitwise.
@@ -48,7 +52,13 @@ def test_resume_matches_uninterrupted_run(setup):
 
     # Different layout (TP1-PP2 checkpoint resumed at TP2-PP1): megatron-core reshards model and
     # optimizer state; the arithmetic differs only in reduction order.
-    train(common + TP2_PP1 + [f"logging.run_dir={resharded}"])
+    out = train(common + TP2_PP1 + [f"logging.run_dir={resharded}"])
+    # It really resumed, from the copied step-5 checkpoint, in the new layout.
+    assert f"resumed from {resharded / 'checkpoints' / 'step_000005'} at step 5" in out.stdout
+    layout = json.loads((resharded / "layout.json").read_text())
+    assert (layout["tp"], layout["pp"]) == (2, 1)
+    assert [r["step"] for r in metrics(resharded)] == list(range(1, 11))
+    assert losses(resharded)[:5] == reference[:5]  # the steps before the checkpoint were kept
     for step, (a, b) in enumerate(zip(reference[5:], losses(resharded)[5:]), start=6):
         assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: {a} vs {b}"
     assert len(losses(resharded)) == 10
@@ -64,33 +74,65 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def test_kill_during_checkpoint_write_keeps_previous(setup):
+def _run_until_then_kill(args: list[str], seen, log: Path, env: dict | None = None) -> str:
+    """Start a training run, SIGKILL every process of it once ``seen()`` is true; its stdout."""
+    command = [sys.executable, "-m", "megatron_cpt", "train", str(TINY_RECIPE), *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 300
+        try:
+            while not seen():
+                assert proc.poll() is None, f"the run ended before the point was caught:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "the point was never reached"
+                time.sleep(0.005)
+            _kill_tree(proc.pid)
+        finally:
+            if proc.poll() is None:
+                _kill_tree(proc.pid)
+            proc.wait()
+    return log.read_text()
+
+
+def test_kills_during_write_rename_and_latest_update_keep_the_previous(setup):
+    """Three runs are killed while they save step 10: during the shard writes, between the
+    finished write and its rename, and between the rename and the update of ``latest``. Each time
+    the next run resumes from step 5; the last one finishes."""
     root, common = setup
     run_dir = root / "killed"
     ckpt = run_dir / "checkpoints"
-    # A larger model makes the write long enough to be caught in the act.
+    # A larger model makes the shard writes long enough to be caught in the act.
     args = common[:-1] + ["model.preset=llama3-small", "model.vocab_size=8000", "model.dtype=fp32",
                           "data.eod_token_id=0",
                           "checkpoint.save_interval=5", f"logging.run_dir={run_dir}"] + TP1_PP2
-    command = [sys.executable, "-m", "megatron_cpt", "train", str(TINY_RECIPE), *args]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    try:
-        while not (ckpt / "step_000010.tmp").exists():
-            assert proc.poll() is None, "training ended before the step-10 checkpoint was caught"
-            assert time.monotonic() < deadline, "no checkpoint write seen"
-            time.sleep(0.005)
-        _kill_tree(proc.pid)
-    finally:
-        if proc.poll() is None:
-            _kill_tree(proc.pid)
-        proc.wait()
+    step5, step10 = ckpt / "step_000005", ckpt / "step_000010"
+    resumed = f"resumed from {step5} at step 5"
+
+    # 1. During the shard writes: the first sight of step_000010.tmp.
+    _run_until_then_kill(args, lambda: (ckpt / "step_000010.tmp").exists(), root / "kill1.log")
     assert (ckpt / "latest").read_text().strip() == "step_000005"
-    assert not (ckpt / "step_000010").exists()
+    assert not step10.exists()
+
+    # 2. Written completely (shards and megatron_cpt.json), not yet renamed into place.
+    out = _run_until_then_kill(args, lambda: (ckpt / "paused-at-rename").exists(),
+                               root / "kill2.log", {PAUSE_ENV: "rename"})
+    assert resumed in out
+    assert (ckpt / "step_000010.tmp" / "megatron_cpt.json").is_file() and not step10.exists()
+    assert (ckpt / "latest").read_text().strip() == "step_000005"
+    (ckpt / "paused-at-rename").unlink()
+
+    # 3. Renamed into place, ``latest`` not yet replaced: latest still names step 5, which is
+    # complete, and wins over the newer directory.
+    out = _run_until_then_kill(args, lambda: (ckpt / "paused-at-latest").exists(),
+                               root / "kill3.log", {PAUSE_ENV: "latest"})
+    assert resumed in out
+    assert is_complete(step10) and not (ckpt / "step_000010.tmp").exists()
+    assert (ckpt / "latest").read_text().strip() == "step_000005"
+    (ckpt / "paused-at-latest").unlink()
 
     out = train(args)
-    assert f"resumed from {ckpt / 'step_000005'} at step 5" in out.stdout
+    assert resumed in out.stdout
     assert (ckpt / "latest").read_text().strip() == "step_000010"
-    # Steps 6-10 of the killed run were dropped from metrics.jsonl and run again.
+    assert not list(ckpt.glob("*.tmp"))
+    # Steps 6-10 of the killed runs were dropped from metrics.jsonl and run again.
     assert [r["step"] for r in metrics(run_dir)] == list(range(1, 11))

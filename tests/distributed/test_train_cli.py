@@ -20,7 +20,7 @@ def test_tiny_recipe_trains_on_two_ranks(byte_data, tmp_path):
     run_dir = tmp_path / "run"
     out = train([f"data.paths=[{byte_data}]", f"data.eod_token_id={EOD_ID}",
                  f"logging.run_dir={run_dir}"])
-    assert "done: step 20" in out.stdout
+    assert "finished: step 20" in out.stdout
     records = metrics(run_dir)
     assert [r["step"] for r in records] == list(range(1, 21))
     for key in ("step", "loss", "lr", "grad_norm", "tokens", "step_time_s"):

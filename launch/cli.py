@@ -1,0 +1,124 @@
+"""``megatron-cpt launch slurm``: check a recipe against a Slurm allocation, write its batch
+script into the run directory, and optionally submit it.
+
+    megatron-cpt launch slurm examples/llama3_8b_cpt_8xh100_fp8.yaml --partition gpu \\
+        --time 04:00:00 --submit
+    megatron-cpt launch slurm examples/llama3_70b_cpt_64xh100_fp8.yaml optim.lr=1e-5 \\
+        --partition gpu --account proj --time 2-00:00:00 --container-image nvcr.io#nvidia/pytorch:25.09-py3 \\
+        --container-mounts /data:/data,/checkpoints:/checkpoints
+
+It checks the layout against the allocation and prints the memory estimate per GPU (refusing a
+layout that does not fit unless --force), writes RUN_DIR/job.recipe.yaml (the validated recipe the
+job trains with) and RUN_DIR/job.sbatch, and prints the script's path; with --submit, the job id.
+Nothing is written when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser("launch", help="submit training jobs to Slurm",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="launcher", required=True, metavar="LAUNCHER")
+    p = sub.add_parser("slurm", help="write (and submit) a Slurm batch script for a recipe",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="YAML recipe, e.g. examples/llama3_8b_cpt_8xh100_fp8.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
+    p.add_argument("--partition", required=True)
+    p.add_argument("--time", required=True, metavar="HH:MM:SS", help="time limit ([D-]HH:MM:SS)")
+    p.add_argument("--account")
+    p.add_argument("--nodes", type=int, help="default: the recipe's launch.nodes")
+    p.add_argument("--gpus-per-node", type=int, metavar="G",
+                   help="ranks per node; default: the recipe's launch.procs_per_node")
+    p.add_argument("--container-image", metavar="IMG", help="run the step in this image (pyxis)")
+    p.add_argument("--container-mounts", metavar="M", help="pyxis mounts, SRC:DST[,SRC:DST]")
+    p.add_argument("--tasks", choices=("per-node", "per-gpu"), default="per-node",
+                   help="one task per node starting torchrun (default), or one task per GPU")
+    p.add_argument("--signal-lead", type=int, metavar="S",
+                   help="seconds between Slurm's warning and the time limit (default: from the "
+                        "checkpoint save time measured in RUN_DIR/metrics.jsonl)")
+    p.add_argument("--python", help="interpreter on the nodes (default: this one, or `python` "
+                                    "in a container)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, metavar="GB",
+                   help="memory per GPU for the estimate (default 80, H100)")
+    p.add_argument("--force", action="store_true",
+                   help="write (and submit) even when the memory estimate says it does not fit")
+    p.add_argument("--submit", action="store_true", help="submit with sbatch and print the job id")
+    p.set_defaults(func=run_slurm)
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _check_memory(recipe, gpu_memory_gb: float, force: bool) -> None:
+    from megatron_cpt.errors import UserError
+    from megatron_cpt.profile.memory import GB, estimate_memory, format_estimate
+
+    estimate = estimate_memory(recipe, gpu_memory_gb)
+    print(format_estimate(estimate))
+    if not estimate.fits and not force:
+        raise UserError(
+            f"memory: stage {estimate.most_loaded.stage} needs "
+            f"{estimate.most_loaded.total / GB:.1f} GB per GPU, more than the "
+            f"{estimate.usable_bytes / GB:.1f} GB usable of {gpu_memory_gb:g} GB (estimate above); "
+            f"change the layout (parallel.*, model.recompute) or pass --force")
+
+
+def run_slurm(args) -> int:
+    import yaml
+
+    from megatron_cpt.config.recipe import load_recipe
+    from megatron_cpt.data.mixture import resolve_mixture
+    from megatron_cpt.errors import UserError
+    from megatron_cpt.launch.allocation import fit_to_allocation
+    from megatron_cpt.launch.slurm import SlurmJob, render_sbatch, signal_lead_seconds, submit
+    from megatron_cpt.runtime.quiet import quiet_known_warnings
+    from megatron_cpt.train.metrics import read_metrics
+
+    quiet_known_warnings()
+    # The job's own flags first: a typo in --time should not wait for the recipe and data checks.
+    SlurmJob(partition=args.partition, time=args.time, nodes=1, gpus_per_node=1,
+             signal_lead_s=0).validate()
+    recipe = load_recipe(args.recipe, args.overrides)
+    nodes = args.nodes if args.nodes is not None else recipe.launch.nodes
+    gpus = args.gpus_per_node if args.gpus_per_node is not None else recipe.launch.procs_per_node
+    recipe = fit_to_allocation(recipe, nodes, gpus)
+    run_dir = Path(recipe.logging.run_dir).resolve()
+    if any(c.isspace() for c in str(run_dir)):
+        raise UserError(f"logging.run_dir: '{run_dir}' contains whitespace, which #SBATCH "
+                        f"--output cannot hold")
+    recipe.logging.run_dir = str(run_dir)
+    if recipe.launch.accelerator == "gpu":
+        _check_memory(recipe, args.gpu_memory_gb, args.force)
+    resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
+                    with_validation=recipe.train.eval_interval > 0)
+    if args.signal_lead is not None:
+        lead, reason = args.signal_lead, "--signal-lead"
+    else:
+        measured = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+        lead, reason = signal_lead_seconds(measured)
+    job = SlurmJob(partition=args.partition, time=args.time, nodes=nodes, gpus_per_node=gpus,
+                   account=args.account, container_image=args.container_image,
+                   container_mounts=args.container_mounts, tasks=args.tasks, signal_lead_s=lead,
+                   lead_reason=reason,
+                   python=args.python or ("python" if args.container_image else sys.executable))
+    recipe_path = run_dir / "job.recipe.yaml"
+    script = render_sbatch(recipe, str(recipe_path), job, source=args.recipe,
+                           workdir=str(Path.cwd()))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    script_path = run_dir / "job.sbatch"
+    _atomic_write(script_path, script, mode=0o755)
+    print(script_path)
+    if args.submit:
+        print(f"submitted job {submit(script_path)}")
+    return 0

@@ -1,0 +1,47 @@
+"""The environment of a training job: what megatron-core needs on H100 nodes, and the rank
+variables of a one-task-per-GPU Slurm launch.
+
+``job_environment`` is what the generated sbatch script exports (and, with a container image,
+passes by name with pyxis ``--container-env``, because pyxis otherwise keeps the image's value of
+a variable the image also sets).
+"""
+
+from __future__ import annotations
+
+import os
+
+from megatron_cpt.config.recipe import Recipe
+
+
+def job_environment(recipe: Recipe, shutdown_timeout_s: int) -> dict[str, str]:
+    """Variables the job exports, in a fixed order (name -> value)."""
+    env = {}
+    if recipe.parallel.tp > 1 or recipe.parallel.cp > 1:
+        # One hardware queue, so TP/CP communication kernels are scheduled in issue order and
+        # overlap with compute as megatron-core plans it.
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
+    env.update({
+        # NCCL keeps tensors alive by stream order instead of recordStream: less memory held.
+        "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+        # NVLink SHARP buffers cost GPU memory and are not used by megatron-core's collectives.
+        "NCCL_NVLS_ENABLE": "0",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        # How long torchrun lets its ranks save after SIGTERM before SIGKILL (torch >= 2.11;
+        # older torchrun waits 30 s).
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(shutdown_timeout_s),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def adopt_slurm_rank_environment(environ: dict | None = None) -> None:
+    """One task per GPU under srun: take RANK, WORLD_SIZE and LOCAL_RANK from SLURM_PROCID,
+    SLURM_NTASKS and SLURM_LOCALID. srun sets only the SLURM_* names; torch reads the others.
+    Nothing changes when RANK is already set (torchrun) or the job's script did not export
+    MASTER_ADDR (not a launch that meant to form one job from the tasks)."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env or "SLURM_PROCID" not in env or "MASTER_ADDR" not in env:
+        return
+    env["RANK"] = env["SLURM_PROCID"]
+    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")

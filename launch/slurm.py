@@ -1,0 +1,182 @@
+"""Slurm batch scripts for training jobs: render (pure), write, submit.
+
+    megatron-cpt launch slurm examples/llama3_70b_cpt_64xh100_fp8.yaml --partition gpu \\
+        --time 24:00:00 --submit
+
+One task per node starts torchrun (c10d rendezvous on the allocation's first host), or, with
+``tasks="per-gpu"``, one task per GPU that maps ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``
+to ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (``megatron_cpt.launch.environment``). The script asks
+for a warning (``--signal=B:USR1@lead``) before the time limit, turns it into SIGTERM for the
+training step, and requeues the job when the run stopped early with a checkpoint
+(``megatron_cpt.launch.requeue``). Why one task per node by default: docs/LAUNCH.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import string
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Optional
+
+from megatron_cpt.config.recipe import Recipe
+from megatron_cpt.errors import UserError
+from megatron_cpt.launch.environment import job_environment
+
+# Rendezvous ports: PORT_BASE + (job id + restart) % PORT_SPAN, away from Slurm's 6817/6818 and
+# the ephemeral range.
+PORT_BASE, PORT_SPAN = 20000, 10000
+# Slurm may deliver --signal up to 60 s early or late (its event loop's resolution).
+SLURM_SIGNAL_SLACK_S = 60
+DEFAULT_LEAD_S = 600
+_TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2}):(\d{2})$")
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """What the batch script asks Slurm for, beyond the recipe."""
+
+    partition: str
+    time: str  # [D-]HH:MM:SS
+    nodes: int
+    gpus_per_node: int  # ranks per node (GPUs, or CPU processes for a cpu recipe)
+    account: Optional[str] = None
+    container_image: Optional[str] = None
+    container_mounts: Optional[str] = None
+    tasks: Literal["per-node", "per-gpu"] = "per-node"
+    signal_lead_s: int = DEFAULT_LEAD_S
+    lead_reason: str = "default"
+    python: str = "python"
+
+    def time_limit_s(self) -> int:
+        match = _TIME.match(self.time)
+        if not match:
+            raise UserError(f"--time: expected HH:MM:SS or D-HH:MM:SS, got '{self.time}'")
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+    def validate(self) -> None:
+        if not self.partition or any(c.isspace() for c in self.partition):
+            raise UserError(f"--partition: expected a partition name, got '{self.partition}'")
+        limit = self.time_limit_s()
+        if limit <= 0:
+            raise UserError(f"--time: must be longer than zero, got '{self.time}'")
+        if self.signal_lead_s >= limit:
+            raise UserError(
+                f"--time: {self.time} is shorter than the {self.signal_lead_s} s the job needs to "
+                f"save before its end ({self.lead_reason}); ask for more time or a smaller "
+                f"--signal-lead")
+        if self.tasks not in ("per-node", "per-gpu"):
+            raise UserError(f"--tasks: expected per-node or per-gpu, got '{self.tasks}'")
+
+
+def signal_lead_seconds(metrics: list[dict]) -> tuple[int, str]:
+    """How long before the time limit the warning must come: the slowest step plus twice the
+    slowest checkpoint save measured in this run's metrics, plus Slurm's signal slack."""
+    saves = [r["checkpoint_save_s"] for r in metrics if r.get("checkpoint_save_s") is not None]
+    steps = [r["step_time_s"] for r in metrics if r.get("step_time_s") is not None]
+    if not saves:
+        return DEFAULT_LEAD_S, "default: no checkpoint_save_s in the run's metrics.jsonl yet"
+    lead = math.ceil(max(steps, default=0.0) + 2 * max(saves)) + SLURM_SIGNAL_SLACK_S
+    return lead, (f"slowest step {max(steps, default=0.0):.0f} s + 2 x slowest save "
+                  f"{max(saves):.0f} s + {SLURM_SIGNAL_SLACK_S} s slack, from metrics.jsonl")
+
+
+def torchrun_command(python: str, nodes: int, procs_per_node: int, endpoint: str, rdzv_id: str,
+                     join_timeout_s: int, recipe_path: str) -> list[str]:
+    """The command each node runs: one torchrun that joins a c10d rendezvous at ``endpoint``."""
+    return [python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+            f"--nproc-per-node={procs_per_node}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}",
+            f"--rdzv-conf=join_timeout={join_timeout_s}", "--max-restarts=0",
+            "--module", "megatron_cpt.train.worker", recipe_path]
+
+
+def _shell_word(word: str) -> str:
+    """Quote for bash, leaving ``$VAR`` references of the script to expand."""
+    return f'"{word}"' if "$" in word else shlex.quote(word)
+
+
+def _join(words: list[str]) -> str:
+    return " ".join(_shell_word(w) for w in words)
+
+
+def _join_lines(words: list[str]) -> str:
+    """One line per ``--option`` (with the words that follow it), continued with backslashes."""
+    lines: list[list[str]] = [[]]
+    for word in words:
+        if word.startswith("--") and lines[-1]:
+            lines.append([])
+        lines[-1].append(word)
+    return " \\\n    ".join(_join(line) for line in lines)
+
+
+def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
+                  workdir: Optional[str] = None) -> str:
+    """The batch script (pure: the same inputs give the same text)."""
+    job.validate()
+    env = job_environment(recipe, shutdown_timeout_s=job.signal_lead_s)
+    names = list(env)
+    per_gpu = job.tasks == "per-gpu"
+    tasks_per_node = job.gpus_per_node if per_gpu else 1
+    cpus = f"$(( SLURM_CPUS_ON_NODE / {tasks_per_node} ))" if per_gpu else "$SLURM_CPUS_ON_NODE"
+    srun = ["--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}",
+            f"--cpus-per-task={cpus}"]
+    if job.container_image:
+        # pyxis keeps an image's own value of a variable unless it is named here.
+        srun += [f"--container-image={job.container_image}", f"--container-env={','.join(names)}"]
+        if job.container_mounts:
+            srun.append(f"--container-mounts={job.container_mounts}")
+    if per_gpu:
+        step = ["$PYTHON", "-m", "megatron_cpt.train.worker", "$RECIPE"]
+        rendezvous = ("# One task per GPU: each maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID to "
+                      "RANK/WORLD_SIZE/LOCAL_RANK.\nexport MASTER_ADDR=\"$HEAD_ADDR\" "
+                      "MASTER_PORT=\"$RDZV_PORT\"\n")
+    else:
+        step = torchrun_command("$PYTHON", job.nodes, job.gpus_per_node,
+                                "$HEAD_ADDR:$RDZV_PORT", "$RDZV_ID",
+                                recipe.launch.dist_timeout_minutes * 60, "$RECIPE")
+        rendezvous = 'RDZV_ID="$SLURM_JOB_ID-$RESTART"\n'
+    gpus = recipe.launch.accelerator == "gpu"
+    template = resources.files("megatron_cpt.launch").joinpath("templates/sbatch.sh").read_text()
+    return string.Template(template).substitute(
+        source=source,
+        job_name=Path(recipe.logging.run_dir).name or "megatron-cpt",
+        partition=job.partition,
+        account_line=f"#SBATCH --account={job.account}\n" if job.account else "",
+        nodes=job.nodes,
+        tasks_per_node=tasks_per_node,
+        gpus_line=f"#SBATCH --gpus-per-node={job.gpus_per_node}\n" if gpus else "",
+        time=job.time,
+        run_dir=recipe.logging.run_dir,
+        chdir_line=f"#SBATCH --chdir={workdir}\n" if workdir else "",
+        signal_lead_s=job.signal_lead_s,
+        lead_reason=job.lead_reason,
+        run_dir_q=shlex.quote(recipe.logging.run_dir),
+        recipe_q=shlex.quote(recipe_path),
+        python_q=shlex.quote(job.python),
+        env_exports="\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+        port_base=PORT_BASE,
+        port_span=PORT_SPAN,
+        rendezvous_lines=rendezvous,
+        srun_flags=_join(srun),
+        step_command=_join_lines(step),
+    )
+
+
+def submit(script: Path) -> str:
+    """``sbatch --parsable SCRIPT``; returns the job id."""
+    try:
+        proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True,
+                              text=True, timeout=120)
+    except FileNotFoundError:
+        raise UserError("--submit: sbatch is not on PATH (run on a Slurm login node, or submit "
+                        f"{script} there)") from None
+    if proc.returncode != 0:
+        message = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise UserError(f"--submit: sbatch refused {script}: {message}")
+    return proc.stdout.strip().split(";")[0]

@@ -1,0 +1,45 @@
+"""The per-node command of the Slurm script, started twice on this machine as two nodes (c10d
+rendezvous, 2 ranks each), trains TP2 x DP2 with the same losses as the same layout on one node."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from harness import TINY_RECIPE, free_port, losses, train
+from token_fixtures import EOD_ID, write_byte_dataset
+
+from megatron_cpt.config import load_recipe
+from megatron_cpt.launch.slurm import torchrun_command
+
+
+def test_two_nodes_match_one_node(tmp_path):
+    prefix = tmp_path / "stdlib"
+    write_byte_dataset(prefix)
+    common = [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.dtype=fp32",
+              "parallel.tp=2", "train.steps=6", "optim.schedule.warmup_steps=2", "train.global_batch_size=4",
+              "train.micro_batch_size=1", "train.seq_length=64", "logging.tensorboard=false",
+              "checkpoint.save_at_end=false"]
+    one_node = tmp_path / "one_node"
+    train(common + ["launch.procs_per_node=4", f"logging.run_dir={one_node}"])
+
+    two_nodes = tmp_path / "two_nodes"
+    recipe = load_recipe(TINY_RECIPE, common + ["launch.nodes=2", "launch.procs_per_node=2",
+                                                f"logging.run_dir={two_nodes}"])
+    recipe_path = tmp_path / "job.recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    command = torchrun_command(sys.executable, nodes=2, procs_per_node=2,
+                               endpoint=f"127.0.0.1:{free_port()}", rdzv_id="two-nodes",
+                               join_timeout_s=120, recipe_path=str(recipe_path))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    nodes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-6000:]
+    assert len(losses(two_nodes)) == 6
+    assert losses(two_nodes) == losses(one_node)
+
