@@ -86,14 +86,35 @@ def signal_lead_seconds(metrics: list[dict]) -> tuple[int, str]:
                   f"{max(saves):.0f} s + {SLURM_SIGNAL_SLACK_S} s slack, from metrics.jsonl")
 
 
+@dataclass(frozen=True)
+class ArrayTasks:
+    """A job array: task i runs ``modules[i]`` on ``RUN_DIR/runs[i]/recipe.yaml``, where RUN_DIR is
+    the recipe's ``logging.run_dir`` (the sweep directory of ``megatron-cpt almr sweep``)."""
+
+    runs: tuple[str, ...]
+    modules: tuple[str, ...]
+    max_parallel: Optional[int] = None  # tasks running at once (``--array=...%N``)
+
+    def sbatch_line(self) -> str:
+        limit = f"%{self.max_parallel}" if self.max_parallel else ""
+        return f"#SBATCH --array=0-{len(self.runs) - 1}{limit}\n"
+
+    def shell_lines(self) -> str:
+        return ("# Job array: task i runs module MODULES[i] in run directory RUNS[i].\n"
+                f"RUNS=({' '.join(shlex.quote(r) for r in self.runs)})\n"
+                f"MODULES=({' '.join(shlex.quote(m) for m in self.modules)})\n"
+                'MODULE="${MODULES[$SLURM_ARRAY_TASK_ID]}"\n')
+
+
 def torchrun_command(python: str, nodes: int, procs_per_node: int, endpoint: str, rdzv_id: str,
-                     join_timeout_s: int, recipe_path: str) -> list[str]:
+                     join_timeout_s: int, recipe_path: str,
+                     module: str = "megatron_cpt.train.worker") -> list[str]:
     """The command each node runs: one torchrun that joins a c10d rendezvous at ``endpoint``."""
     return [python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
             f"--nproc-per-node={procs_per_node}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}",
             f"--rdzv-conf=join_timeout={join_timeout_s}", "--max-restarts=0",
-            "--module", "megatron_cpt.train.worker", recipe_path]
+            "--module", module, recipe_path]
 
 
 def _shell_word(word: str) -> str:
@@ -116,9 +137,16 @@ def _join_lines(words: list[str]) -> str:
 
 
 def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
-                  workdir: Optional[str] = None) -> str:
-    """The batch script (pure: the same inputs give the same text)."""
+                  workdir: Optional[str] = None, array: Optional[ArrayTasks] = None) -> str:
+    """The batch script (pure: the same inputs give the same text). With ``array``, one job array
+    whose task i runs ``RUN_DIR/runs[i]`` (``recipe_path`` is not used then)."""
     job.validate()
+    module = "$MODULE" if array else "megatron_cpt.train.worker"
+    run_dir = recipe.logging.run_dir
+    run_dir_q, recipe_q = shlex.quote(run_dir), shlex.quote(recipe_path)
+    if array:
+        run_dir_q = '"' + run_dir + '/${RUNS[$SLURM_ARRAY_TASK_ID]}"'
+        recipe_q = '"$RUN_DIR/recipe.yaml"'
     env = job_environment(recipe, shutdown_timeout_s=job.signal_lead_s)
     names = list(env)
     per_gpu = job.tasks == "per-gpu"
@@ -132,19 +160,20 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
         if job.container_mounts:
             srun.append(f"--container-mounts={job.container_mounts}")
     if per_gpu:
-        step = ["$PYTHON", "-m", "megatron_cpt.train.worker", "$RECIPE"]
+        step = ["$PYTHON", "-m", module, "$RECIPE"]
         rendezvous = ("# One task per GPU: each maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID to "
                       "RANK/WORLD_SIZE/LOCAL_RANK.\nexport MASTER_ADDR=\"$HEAD_ADDR\" "
                       "MASTER_PORT=\"$RDZV_PORT\"\n")
     else:
         step = torchrun_command("$PYTHON", job.nodes, job.gpus_per_node,
                                 "$HEAD_ADDR:$RDZV_PORT", "$RDZV_ID",
-                                recipe.launch.dist_timeout_minutes * 60, "$RECIPE")
+                                recipe.launch.dist_timeout_minutes * 60, "$RECIPE", module)
         rendezvous = 'RDZV_ID="$SLURM_JOB_ID-$RESTART"\n'
     gpus = recipe.launch.accelerator == "gpu"
     template = resources.files("megatron_cpt.launch").joinpath("templates/sbatch.sh").read_text()
     return string.Template(template).substitute(
         source=source,
+        generator="megatron-cpt almr sweep" if array else "megatron-cpt launch slurm",
         job_name=Path(recipe.logging.run_dir).name or "megatron-cpt",
         partition=job.partition,
         account_line=f"#SBATCH --account={job.account}\n" if job.account else "",
@@ -152,12 +181,14 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
         tasks_per_node=tasks_per_node,
         gpus_line=f"#SBATCH --gpus-per-node={job.gpus_per_node}\n" if gpus else "",
         time=job.time,
-        run_dir=recipe.logging.run_dir,
+        output=f"{run_dir}/slurm-%A_%a.out" if array else f"{run_dir}/slurm-%j.out",
         chdir_line=f"#SBATCH --chdir={workdir}\n" if workdir else "",
         signal_lead_s=job.signal_lead_s,
         lead_reason=job.lead_reason,
-        run_dir_q=shlex.quote(recipe.logging.run_dir),
-        recipe_q=shlex.quote(recipe_path),
+        run_dir_q=run_dir_q,
+        recipe_q=recipe_q,
+        array_line=array.sbatch_line() if array else "",
+        task_lines=array.shell_lines() if array else "",
         python_q=shlex.quote(job.python),
         env_exports="\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
         port_base=PORT_BASE,

@@ -2,6 +2,8 @@
 
     megatron-cpt almr sweep examples/demo_llama3_tiny_cpt_2xcpu.yaml KEY=VALUE ... \\
         --almr 0.1,0.2,0.33,0.5 --lr 1e-3,3e-3,1e-2 --tokens 100000 --out runs/almr_demo
+    megatron-cpt almr sweep examples/llama3_8b_cpt_32xh100_fp8.yaml ... --almr ... --lr ... \\
+        --slurm --partition gpu --time 12:00:00 --submit      # one Slurm job array
     megatron-cpt almr status runs/almr_demo
     megatron-cpt almr fit runs/almr_demo --objective constrained --tolerance 0.02 --target-lr 1e-3
 
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from megatron_cpt.errors import UserError
@@ -50,6 +53,25 @@ def register(verbs) -> None:
     sweep.add_argument("--plan-only", action="store_true",
                        help="write the manifest and run recipes, run nothing")
     sweep.add_argument("--no-progress", action="store_true")
+    where = sweep.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true",
+                       help="run the points here, one after another (the default)")
+    where.add_argument("--slurm", action="store_true",
+                       help="write SWEEP_DIR/sweep.sbatch, one Slurm job array task per run "
+                            "(each with the recipe's launch.nodes x launch.procs_per_node)")
+    slurm = sweep.add_argument_group("with --slurm")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--time", metavar="HH:MM:SS", help="time limit of each task ([D-]HH:MM:SS)")
+    slurm.add_argument("--account")
+    slurm.add_argument("--container-image", metavar="IMG")
+    slurm.add_argument("--container-mounts", metavar="M")
+    slurm.add_argument("--tasks", choices=("per-node", "per-gpu"), default="per-node")
+    slurm.add_argument("--signal-lead", type=int, metavar="S",
+                       help="seconds between Slurm's warning and the time limit (default 600)")
+    slurm.add_argument("--max-parallel", type=int, metavar="N", help="array tasks at once")
+    slurm.add_argument("--python", help="interpreter on the nodes (default: this one, or "
+                                        "`python` in a container)")
+    slurm.add_argument("--submit", action="store_true", help="submit with sbatch")
     sweep.set_defaults(func=run_sweep_command)
 
     status = actions.add_parser("status", help="progress of each run of a sweep")
@@ -77,11 +99,47 @@ def register(verbs) -> None:
     fit.set_defaults(func=fit_command)
 
 
+SLURM_ONLY = ("partition", "time", "account", "container_image", "container_mounts",
+              "signal_lead", "max_parallel", "python", "submit")
+
+
+def _slurm_launcher(args, plan):
+    from megatron_cpt.almr.launchers import SlurmLauncher
+    from megatron_cpt.config.recipe import recipe_from_dict
+    from megatron_cpt.data.mixture import resolve_mixture
+    from megatron_cpt.launch.slurm import DEFAULT_LEAD_S, SlurmJob
+
+    first = recipe_from_dict(next(r for r in plan.runs if r.kind == "train").recipe)
+    # The data once, here, before anything is written or submitted.
+    resolve_mixture(first.data, first.train, first.model.vocab_size)
+    job = SlurmJob(partition=args.partition, time=args.time, nodes=first.launch.nodes,
+                   gpus_per_node=first.launch.procs_per_node, account=args.account,
+                   container_image=args.container_image, container_mounts=args.container_mounts,
+                   tasks=args.tasks, signal_lead_s=args.signal_lead or DEFAULT_LEAD_S,
+                   lead_reason="--signal-lead" if args.signal_lead else "default",
+                   python=args.python or ("python" if args.container_image else sys.executable))
+    launcher = SlurmLauncher(job, submit=args.submit, max_parallel=args.max_parallel,
+                             workdir=str(Path.cwd()))
+    launcher.render(plan, plan.runs)  # its checks too, before the sweep directory is written
+    return launcher
+
+
 def run_sweep_command(args) -> int:
     from megatron_cpt.almr.launchers import LocalLauncher
     from megatron_cpt.almr.sweep import plan_runs, run_sweep, write_plan
     from megatron_cpt.config.loader import apply_overrides, read_yaml
 
+    if args.slurm:
+        from megatron_cpt.launch.slurm import SlurmJob
+
+        if not args.partition or not args.time:
+            raise UserError("--slurm: needs --partition and --time")
+        SlurmJob(partition=args.partition, time=args.time, nodes=1, gpus_per_node=1,
+                 signal_lead_s=0).validate()
+    else:
+        given = [name for name in SLURM_ONLY if getattr(args, name) not in (None, False)]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')}: only with --slurm")
     base = apply_overrides(read_yaml(args.recipe), list(args.overrides))
     out = args.out or f"runs/almr_{Path(args.recipe).stem}"
     plan = plan_runs(base, args.almr, args.lr, out, tokens=args.tokens, recipe_source=args.recipe)
@@ -91,10 +149,18 @@ def run_sweep_command(args) -> int:
     if args.plan_only:
         write_plan(plan)
         return 0
-    results = run_sweep(plan, LocalLauncher(progress=not args.no_progress))
+    launcher = (_slurm_launcher(args, plan) if args.slurm
+                else LocalLauncher(progress=not args.no_progress))
+    results = run_sweep(plan, launcher)
+    for result in results:
+        if result.status in ("failed", "submitted", "written"):
+            print(f"{result.status}: {result.run} ({result.detail})")
     failed = [r for r in results if r.status == "failed"]
-    for result in failed:
-        print(f"failed: {result.run} ({result.detail})")
+    if args.slurm:
+        todo = [r for r in results if r.status != "skipped"]
+        action = "submitted" if args.submit else f"written to {out}/sweep.sbatch (submit with sbatch)"
+        print(f"{len(todo)} of {len(results)} runs {action}; follow: megatron-cpt almr status {out}")
+        return 0
     print(f"{len(results) - len(failed)} of {len(results)} runs finished; "
           f"next: megatron-cpt almr fit {out}")
     return 1 if failed else 0

@@ -1,14 +1,20 @@
 """Launchers of sweep runs (``megatron_cpt.almr.sweep.Launcher``): the local one runs the points
-on this machine one after another; a batch system's submits them (see ``run_sweep``)."""
+on this machine one after another; the Slurm one submits them as one job array."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 from megatron_cpt.almr.sweep import RECIPE, LaunchResult, PlannedRun, SweepPlan, run_state
+from megatron_cpt.errors import UserError
+
+_UNSAFE = re.compile(r'[\s"$`\\]')
 
 
 class LocalLauncher:
@@ -37,3 +43,51 @@ class LocalLauncher:
             bar.write(f"{run.name}: {status} ({detail})")
             results.append(LaunchResult(run.name, status, detail))
         return results
+
+
+class SlurmLauncher:
+    """All runs as one Slurm job array through ``megatron_cpt.launch.slurm``: task i trains run i
+    (the reference with its own module). Writes ``SWEEP_DIR/sweep.sbatch`` and, with ``submit``,
+    submits it and returns at once; ``almr status`` follows the runs. Every task asks for the
+    recipe's ``launch.nodes`` x ``launch.procs_per_node``, and a task stopped at its time limit
+    with a checkpoint requeues itself like any training job."""
+
+    def __init__(self, job, submit: bool, max_parallel: Optional[int] = None,
+                 workdir: Optional[str] = None):
+        self.job, self.submit, self.max_parallel, self.workdir = job, submit, max_parallel, workdir
+
+    def render(self, plan: SweepPlan, runs: Sequence[PlannedRun]) -> str:
+        """The array script (pure): one task per run, in the order given."""
+        from megatron_cpt.config.recipe import recipe_from_dict
+        from megatron_cpt.launch.allocation import fit_to_allocation
+        from megatron_cpt.launch.slurm import ArrayTasks, render_sbatch
+
+        sweep_dir = str(Path(plan.sweep_dir).resolve())
+        if _UNSAFE.search(sweep_dir):
+            raise UserError(f"--out: '{sweep_dir}' holds whitespace or one of \" $ ` \\, which the "
+                            f"batch script cannot quote")
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise UserError(f"--max-parallel: must be >= 1, got {self.max_parallel}")
+        first = next(r for r in plan.runs if r.kind == "train")
+        recipe = recipe_from_dict(first.recipe)
+        recipe.logging.run_dir = sweep_dir
+        recipe = fit_to_allocation(recipe, self.job.nodes, self.job.gpus_per_node)
+        array = ArrayTasks(runs=tuple(r.name for r in runs),
+                           modules=tuple(r.worker_module for r in runs),
+                           max_parallel=self.max_parallel)
+        return render_sbatch(recipe, "", self.job, source=plan.recipe_source,
+                             workdir=self.workdir, array=array)
+
+    def launch(self, plan: SweepPlan, runs: Sequence[PlannedRun]) -> list[LaunchResult]:
+        from megatron_cpt.launch.slurm import submit
+
+        path = Path(plan.sweep_dir) / "sweep.sbatch"
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(self.render(plan, runs))
+        tmp.chmod(0o755)
+        os.replace(tmp, path)
+        if not self.submit:
+            return [LaunchResult(r.name, "written", f"task {i} of {path}")
+                    for i, r in enumerate(runs)]
+        job_id = submit(path)
+        return [LaunchResult(r.name, "submitted", f"job {job_id}_{i}") for i, r in enumerate(runs)]

@@ -35,10 +35,12 @@ def evaluate_initial_weights(recipe: Recipe) -> None:
 
 def main(argv: list[str]) -> int:
     from megatron_cpt.data.mixture import resolve_mixture
+    from megatron_cpt.launch.environment import adopt_slurm_rank_environment
     from megatron_cpt.launch.local import inside_distributed_job, run_local, run_rank
     from megatron_cpt.runtime.quiet import quiet_known_warnings
 
     quiet_known_warnings()
+    adopt_slurm_rank_environment()  # one Slurm task per GPU (a sweep's job array)
     try:
         recipe = load_recipe(argv[0], argv[1:])
         if not inside_distributed_job():

@@ -131,7 +131,7 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
                           "names its data with data.paths")
     if recipe.checkpoint.dir is not None:
         raise ConfigError("checkpoint.dir: each sweep run keeps its checkpoints in its own run "
-                          "directory; leave checkpoint.dir unset")
+                          "directory; leave checkpoint.dir unset (override: checkpoint.dir=null)")
     if recipe.train.stop_at_step is not None:
         raise ConfigError("train.stop_at_step: every sweep run trains to train.steps; remove it")
     almrs = _check_values(almrs, "--almr", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
@@ -269,7 +269,7 @@ def run_state(run_dir: Path, final_step: int) -> RunState:
 @dataclass(frozen=True)
 class LaunchResult:
     run: str
-    status: Literal["finished", "failed", "submitted", "skipped"]
+    status: Literal["finished", "failed", "submitted", "written", "skipped"]
     detail: str  # a log path, a job id, or why
 
 

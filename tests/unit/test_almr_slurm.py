@@ -1,0 +1,108 @@
+"""The Slurm path of the ALMR sweep: one job array through megatron_cpt.launch.slurm, task i runs
+run i with its own module (the reference evaluation or training). The script equals the stored
+one, passes shellcheck, and its task selection picks the right run directory, recipe and module
+in bash."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_cpt.almr.launchers import SlurmLauncher
+from megatron_cpt.almr.sweep import plan_runs, write_plan
+from megatron_cpt.launch.slurm import SlurmJob
+from mixture_fixtures import mixture_overrides, write_source
+from test_almr_sweep import _base
+
+GOLDEN = Path(__file__).with_name("almr_golden") / "demo_sweep.sbatch"
+JOB = SlurmJob(partition="gpu", time="02:00:00", nodes=1, gpus_per_node=2, python="python")
+
+
+def _plan(sweep_dir: str = "/sweeps/demo"):
+    return plan_runs(_base(), [0.1, 0.33, 0.5], [1e-3, 3e-3], sweep_dir, tokens=10 * 1024,
+                     recipe_source="examples/demo_llama3_tiny_cpt_2xcpu.yaml")
+
+
+def test_array_script_equals_the_stored_one_and_passes_shellcheck(tmp_path):
+    plan = _plan()
+    text = SlurmLauncher(JOB, submit=False, max_parallel=2).render(plan, plan.runs)
+    if os.environ.get("MEGATRON_CPT_REGENERATE") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), f"{GOLDEN} is stale: MEGATRON_CPT_REGENERATE=1 pytest {__file__}"
+    for line in ("#SBATCH --array=0-6%2", "#SBATCH --output=/sweeps/demo/slurm-%A_%a.out",
+                 "RUNS=(reference almr0.1_lr0.001 almr0.33_lr0.001 almr0.5_lr0.001 "
+                 "almr0.1_lr0.003 almr0.33_lr0.003 almr0.5_lr0.003)",
+                 "MODULES=(megatron_cpt.almr.reference" + " megatron_cpt.train.worker" * 6 + ")",
+                 'RUN_DIR="/sweeps/demo/${RUNS[$SLURM_ARRAY_TASK_ID]}"',
+                 'RECIPE="$RUN_DIR/recipe.yaml"', '--module "$MODULE" "$RECIPE" &'):
+        assert line in text, line
+    if shutil.which("shellcheck") is None:
+        if os.environ.get("MEGATRON_CPT_REQUIRE_SLURM") == "1":
+            pytest.fail("shellcheck is not installed (Debian package shellcheck)")
+        pytest.skip("shellcheck is not installed")
+    script = tmp_path / "sweep.sbatch"
+    script.write_text(text)
+    proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("task, run, module", [
+    (0, "reference", "megatron_cpt.almr.reference"),
+    (4, "almr0.1_lr0.003", "megatron_cpt.train.worker")])
+def test_each_task_selects_its_run_dir_recipe_and_module(task, run, module):
+    plan = _plan()
+    text = SlurmLauncher(JOB, submit=False).render(plan, plan.runs)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("RUNS=("))
+    end = next(i for i, line in enumerate(lines) if line.startswith("PYTHON="))
+    selection = "\n".join(lines[start:end]) + '\necho "$RUN_DIR|$RECIPE|$MODULE"\n'
+    proc = subprocess.run(["bash", "-c", selection], capture_output=True, text=True,
+                          env={"SLURM_ARRAY_TASK_ID": str(task), "PATH": os.environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"/sweeps/demo/{run}|/sweeps/demo/{run}/recipe.yaml|{module}"
+
+
+def test_rerun_writes_only_the_unfinished_runs(tmp_path):
+    plan = _plan(str(tmp_path / "sweep"))
+    write_plan(plan)
+    launcher = SlurmLauncher(JOB, submit=False)
+    results = launcher.launch(plan, plan.runs[2:])
+    assert [r.status for r in results] == ["written"] * 5
+    text = (tmp_path / "sweep" / "sweep.sbatch").read_text()
+    assert "#SBATCH --array=0-4\n" in text and "RUNS=(almr0.33_lr0.001 " in text
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "megatron_cpt", "almr", *args],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_sweep_cli_writes_the_array_script(tmp_path):
+    for seed, name in enumerate(("zh_a", "en_a")):
+        write_source(tmp_path / name, 20_000, seed)
+    mixture = {"almr": 0.33, "remainder": {"en": 1.0}, "sources": [
+        {"name": "zh_a", "prefix": str(tmp_path / "zh_a"), "language": "zh"},
+        {"name": "en_a", "prefix": str(tmp_path / "en_a"), "language": "en"}]}
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
+    overrides = mixture_overrides(mixture, ["train.eval_interval=10", "data.split=80,20,0"])
+    args = ["sweep", str(recipe), *overrides, "--almr", "0.1,0.3,0.5", "--lr", "1e-3,3e-3",
+            "--tokens", str(10 * 8 * 128), "--out", "sweep"]
+    proc = _cli(*args, "--partition", "gpu", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "megatron-cpt almr: error: --partition: only with --slurm")
+    proc = _cli(*args, "--slurm", "--time", "01:00:00", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "megatron-cpt almr: error: --slurm: needs --partition and --time")
+    assert not (tmp_path / "sweep").exists()
+    proc = _cli(*args, "--slurm", "--partition", "cpu", "--time", "01:00:00", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == ("7 of 7 runs written to sweep/sweep.sbatch (submit "
+                                            "with sbatch); follow: megatron-cpt almr status sweep")
+    text = (tmp_path / "sweep" / "sweep.sbatch").read_text()
+    assert "#SBATCH --partition=cpu" in text and "#SBATCH --array=0-6\n" in text
+    assert (tmp_path / "sweep" / "almr0.5_lr0.003" / "recipe.yaml").is_file()
