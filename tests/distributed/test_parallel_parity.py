@@ -61,9 +61,10 @@ def _assert_close(reference: list[float], other: list[float], rtol: float) -> No
 def test_layout_matches_single_rank(parity_runs, layout):
     _assert_close(parity_runs["tp1-pp1"][0], parity_runs[layout][0], rtol=1e-5)
     # The gradient norm too: Adam's scale-free update hides a norm weight trained on half the
-    # sequence (a missing TP all-reduce under SP moves the losses by < 1e-5, but the step-1
-    # gradient norm by 3e-5 and later ones by 1e-3).
-    _assert_close(parity_runs["tp1-pp1"][1], parity_runs[layout][1], rtol=1e-5)
+    # sequence. Without the TP all-reduce of the norm gradients under SP the losses still agree
+    # within 1e-5, but the gradient norms drift apart: 4e-5 at step 1, 2e-4 at step 3, 4e-3 at
+    # step 10. At TP2 (with or without SP) the correct gradient norm is within 6e-5.
+    _assert_close(parity_runs["tp1-pp1"][1], parity_runs[layout][1], rtol=1e-4)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
