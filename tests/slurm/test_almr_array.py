@@ -64,7 +64,7 @@ def test_two_point_sweep_runs_as_one_job_array(slurm, tmp_path):
     assert _array_states(slurm, job) == ["COMPLETED"] * 3
 
     status = run_cli(["almr", "status", str(sweep)])
-    assert status.stdout.strip().splitlines()[-1] == "finished 3 (of 3)", status.stdout
+    assert status.stdout.strip().splitlines()[-1] == "done 3 (of 3)", status.stdout
     for run in ("almr0.2_lr0.001", "almr0.6_lr0.001"):
         final = metrics(sweep / run)[-1]
         assert final["step"] == 4 and isinstance(final["val_loss_by_language/zh"], float)
