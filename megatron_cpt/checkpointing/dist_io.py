@@ -14,7 +14,7 @@ import pickle
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch.distributed as dist
 
@@ -114,8 +114,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200] if lines else 'no message'}"
 
 
-def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[str, Any]) -> Path:
-    """Collective: every rank calls it. Returns the final directory once all ranks are done."""
+def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[str, Any],
+                         background=None, after_commit: Optional[Callable[[], None]] = None) -> Path:
+    """Collective: every rank calls it. Returns the final directory, complete once all ranks are
+    done (then ``after_commit`` runs on every rank).
+
+    With ``background`` (megatron-core's ``AsyncCallsQueue``) the shards are written by a
+    background process and this returns at once; the queue commits the checkpoint (metadata,
+    rename, ``after_commit``) when it finalises the write on every rank.
+    """
     from megatron.core import dist_checkpointing
 
     final = Path(directory)
@@ -125,19 +132,30 @@ def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
-    dist_checkpointing.save(sharded_state, str(tmp))
-    _barrier()
-    if _rank() == 0:
-        meta = {"format_version": FORMAT_VERSION, **meta}
-        with open(tmp / META_FILE, "w") as handle:
-            json.dump(meta, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        pause_for_test("rename", final.parent)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    _barrier()
+
+    def commit() -> None:
+        _barrier()
+        if _rank() == 0:
+            with open(tmp / META_FILE, "w") as handle:
+                json.dump({"format_version": FORMAT_VERSION, **meta}, handle, indent=2,
+                          sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            pause_for_test("rename", final.parent)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        _barrier()
+        if after_commit is not None:
+            after_commit()
+
+    if background is None:
+        dist_checkpointing.save(sharded_state, str(tmp))
+        commit()
+    else:
+        request = dist_checkpointing.save(sharded_state, str(tmp), async_sharded_save=True)
+        request.add_finalize_fn(commit)
+        background.schedule_async_request(request)
     return final
 
 

@@ -20,6 +20,10 @@ class CheckpointConfig:
     # Keep at most this many checkpoints (0 = keep all).
     keep_last: int = 0
     save_at_end: bool = True
+    # Write the shards of interval saves in a background process while training goes on
+    # (megatron-core's asynchronous torch_dist writer); the checkpoint is renamed into place and
+    # named in `latest` once every rank has finished. Saves made when the run stops stay blocking.
+    async_save: bool = False
 
     def validate(self) -> None:
         if self.save_interval < 0:

@@ -35,6 +35,12 @@ from megatron_cpt.runtime.mcore_compat import materialize_adam_state
 from megatron_cpt.runtime.parallel import sync_parameters
 
 LATEST = "latest"
+# The distributed optimizer's state in megatron-core's "fully_reshardable" format: per model
+# parameter, like the model itself, so it loads at any TP/PP/DP (0.16's default flattened format
+# cannot be saved at all). Memory-efficient: a save gathers the DP group's state over gloo on DP
+# rank 0 only, instead of all-gathering it on every rank (bench/optimizer_checkpoint_bench.py).
+OPTIMIZER_CHECKPOINT_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable",
+                               "distrib_optim_fully_reshardable_mem_efficient": True}
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -90,11 +96,8 @@ def _training_state(model_chunks, optimizer, include_rng: bool, is_loading: bool
     if is_loading:
         materialize_adam_state(optimizer)
     state = model_sharded_state_dict(model_chunks)
-    # "fully_reshardable" stores optimizer state per model parameter (like the model itself), so it
-    # loads at any TP/PP/DP; megatron-core 0.16's default flattened format cannot be saved at all.
     state["optimizer"] = optimizer.sharded_state_dict(
-        dict(state), is_loading=is_loading,
-        metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+        dict(state), is_loading=is_loading, metadata=OPTIMIZER_CHECKPOINT_FORMAT)
     if include_rng:
         state["rng_state"] = _rng_sharded_object()
     return state
@@ -102,8 +105,13 @@ def _training_state(model_chunks, optimizer, include_rng: bool, is_loading: bool
 
 def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, scheduler,
                              progress: TrainingProgress, model: ModelConfig,
-                             parallel: ParallelConfig, keep_last: int = 0) -> Path:
-    """Collective. Writes step_N, then points ``latest`` at it, then prunes old checkpoints."""
+                             parallel: ParallelConfig, keep_last: int = 0,
+                             background=None) -> Path:
+    """Collective. Writes step_N, then points ``latest`` at it, then prunes old checkpoints.
+
+    With ``background`` (megatron-core's ``AsyncCallsQueue``) the shards are written by a
+    background process; the rename, ``latest`` and pruning follow when the queue finalises it.
+    """
     ckpt_dir = Path(ckpt_dir)
     sync_parameters(model_chunks)  # the weights of this step, also with overlap_param_gather
     state = _training_state(model_chunks, optimizer, include_rng=True, is_loading=False)
@@ -114,16 +122,19 @@ def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, sche
             "parallel": {"tp": parallel.tp, "pp": parallel.pp, "vpp": parallel.vpp,
                          "cp": parallel.cp},
             "world_size": dist.get_world_size()}
-    final = save_dist_checkpoint(state, ckpt_dir / step_dir_name(progress.step), meta)
-    if dist.get_rank() == 0:
-        tmp_marker = ckpt_dir / (LATEST + ".tmp")
-        tmp_marker.write_text(final.name + "\n")
-        pause_for_test("latest", ckpt_dir)
-        os.replace(tmp_marker, ckpt_dir / LATEST)
-        if keep_last:
-            _prune(ckpt_dir, keep_last)
-    dist.barrier()
-    return final
+    name = step_dir_name(progress.step)
+
+    def point_latest_at_it() -> None:
+        if dist.get_rank() == 0:
+            tmp_marker = ckpt_dir / (LATEST + ".tmp")
+            tmp_marker.write_text(name + "\n")
+            pause_for_test("latest", ckpt_dir)
+            os.replace(tmp_marker, ckpt_dir / LATEST)
+            if keep_last:
+                _prune(ckpt_dir, keep_last)
+        dist.barrier()
+
+    return save_dist_checkpoint(state, ckpt_dir / name, meta, background, point_latest_at_it)
 
 
 def _prune(ckpt_dir: Path, keep_last: int) -> None:

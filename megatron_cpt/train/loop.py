@@ -124,6 +124,9 @@ def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) 
     from megatron_cpt.train.checkpoint import save_training_checkpoint
 
     cfg, step = state.recipe, state.progress.step
+    if state.checkpoint_writes is not None:
+        # Commit the background writes every rank has finished; before the run stops, all of them.
+        state.checkpoint_writes.maybe_finalize_async_calls(blocking=reason != StopReason.NONE)
     if state.saved_step == step or (not record.finite and cfg.train.nonfinite_loss == "stop"):
         return
     interval = cfg.checkpoint.save_interval
@@ -132,12 +135,16 @@ def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) 
     if not due:
         return
     start = time.perf_counter()
+    background = state.checkpoint_writes if reason == StopReason.NONE else None
     state.last_saved = save_training_checkpoint(
         state.ckpt_dir, state.model, state.optimizer, state.scheduler, state.progress, cfg.model,
-        cfg.parallel, cfg.checkpoint.keep_last)
+        cfg.parallel, cfg.checkpoint.keep_last, background=background)
     record.checkpoint_save_s = time.perf_counter() - start
     state.saved_step = step
-    state.longest_save_s = max(state.longest_save_s, record.checkpoint_save_s)
+    if background is None:  # the time a stop's (blocking) save takes
+        state.longest_save_s = max(state.longest_save_s, record.checkpoint_save_s)
+    else:
+        log(f"writing {state.last_saved.name} in the background")
 
 
 def run_training(recipe: Recipe) -> TrainOutcome:

@@ -56,6 +56,8 @@ class TrainState:
     last_loss: float = float("nan")
     consecutive_skips: int = 0
     longest_save_s: float = 0.0
+    # checkpoint.async_save: megatron-core's queue of background checkpoint writes.
+    checkpoint_writes: object = None
 
     @property
     def final_step(self) -> int:
@@ -78,6 +80,8 @@ def build_state(cfg: Recipe) -> TrainState:
 
     from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
     from megatron_cpt.data.datasets import build_training_data
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
     from megatron_cpt.model.build import build_model, describe_layout
     from megatron_cpt.profile.throughput import ThroughputMeter
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
@@ -142,4 +146,5 @@ def build_state(cfg: Recipe) -> TrainState:
         metrics=metrics, progress=progress, ckpt_dir=ckpt_dir, dp_rank=dp_rank, dp_size=dp_size,
         num_microbatches=cfg.train.num_microbatches(dp_size), timers=timers,
         throughput=throughput, resumed_from=resume_from,
-        last_saved=resume_from, saved_step=progress.step if resume_from is not None else None)
+        last_saved=resume_from, saved_step=progress.step if resume_from is not None else None,
+        checkpoint_writes=AsyncCallsQueue() if cfg.checkpoint.async_save else None)

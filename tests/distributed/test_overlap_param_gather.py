@@ -4,12 +4,17 @@ and resumed twice matches the uninterrupted run bitwise.
 
 Without the parameter sync before a save, the distributed optimizer's step has updated only each
 rank's own shard: the other half of the weights would still be those of the previous step.
+
+The overlapped run also writes its interval checkpoints in the background
+(``checkpoint.async_save``): they too must equal the blocking run's, and a run resumed from one
+must continue bitwise.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +28,7 @@ STEPS = 6
 SAVED = ["step_000002", "step_000004", "step_000006"]
 DP2 = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.distributed_optimizer=true"]
 OVERLAP = ["parallel.overlap_param_gather=true", "parallel.overlap_grad_reduce=true"]
+ASYNC = ["checkpoint.async_save=true"]
 
 
 def _digests(directories: list[Path]) -> dict[str, dict[str, str]]:
@@ -53,7 +59,16 @@ def runs(tmp_path_factory):
               "checkpoint.save_interval=2"] + DP2
     plain, overlap, split = root / "plain", root / "overlap", root / "split"
     train(common + [f"logging.run_dir={plain}"])
-    train(common + OVERLAP + [f"logging.run_dir={overlap}"])
+    out = train(common + OVERLAP + ASYNC + [f"logging.run_dir={overlap}"])
+    # Interval saves go to the background; the last one, as the run stops, blocks.
+    assert [n for n in SAVED if f"writing {n} in the background" in out.stdout] == SAVED[:2]
+    # Resume from the step-4 checkpoint that the overlapped run wrote in the background.
+    from_async = root / "from_async"
+    shutil.copytree(overlap, from_async)
+    shutil.rmtree(from_async / "checkpoints" / "step_000006")
+    (from_async / "checkpoints" / "latest").write_text("step_000004\n")
+    out = train(common + OVERLAP + [f"logging.run_dir={from_async}"])
+    assert f"resumed from {from_async / 'checkpoints' / 'step_000004'} at step 4" in out.stdout
     for stop in (2, 4, None):
         out = train(common + OVERLAP + [f"logging.run_dir={split}"]
                     + ([f"train.stop_at_step={stop}"] if stop else []))
@@ -61,11 +76,11 @@ def runs(tmp_path_factory):
             resumed_at = 4 if stop is None else 2
             assert f"resumed from {split / 'checkpoints' / f'step_{resumed_at:06d}'} at step " \
                    f"{resumed_at}" in out.stdout
-    return root, plain, overlap, split
+    return root, plain, overlap, split, from_async
 
 
 def test_every_checkpoint_equals_the_run_without_overlap(runs):
-    _, plain, overlap, split = runs
+    _, plain, overlap, split, _ = runs
     directories = [run / "checkpoints" / name for run in (plain, overlap, split) for name in SAVED]
     digests = _digests(directories)
     for name in SAVED:
@@ -80,7 +95,7 @@ def test_every_checkpoint_equals_the_run_without_overlap(runs):
 def test_hf_export_equals_the_run_without_overlap(runs):
     import torch
 
-    root, plain, overlap, _ = runs
+    root, plain, overlap, _, _ = runs
     exports = {}
     for run in (plain, overlap):
         exports[run] = root / f"hf_{run.name}"
@@ -93,7 +108,15 @@ def test_hf_export_equals_the_run_without_overlap(runs):
 
 
 def test_losses_bitwise_with_overlap_and_across_resumes(runs):
-    _, plain, overlap, split = runs
+    _, plain, overlap, split, from_async = runs
     assert len(losses(plain)) == STEPS
     assert losses(overlap) == losses(plain)
     assert losses(split) == losses(overlap)
+    assert losses(from_async) == losses(overlap)
+
+
+def test_background_writes_were_committed(runs):
+    _, _, overlap, _, _ = runs
+    ckpt = overlap / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == SAVED[-1]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", *SAVED]  # no .tmp left

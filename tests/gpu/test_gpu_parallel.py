@@ -1,0 +1,85 @@
+"""What CPU runs cannot show: NCCL tensor parallelism with sequence parallelism (2 GPUs), the
+Transformer Engine spec, and a checkpoint converted on CPU ranks loaded into the TE spec. Each test
+is skipped where its GPUs or Transformer Engine are absent."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS), str(TESTS / "distributed")]
+
+from conversion_fixtures import make_hf_llama, run_cli  # noqa: E402
+from harness import losses, train  # noqa: E402
+from token_fixtures import EOD_ID, write_byte_dataset  # noqa: E402
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+needs_te = pytest.mark.skipif(importlib.util.find_spec("transformer_engine") is None,
+                              reason="needs Transformer Engine")
+
+
+def _common(tmp_path: Path, steps: int) -> list[str]:
+    prefix = tmp_path / "stdlib"
+    if not prefix.with_suffix(".bin").exists():
+        write_byte_dataset(prefix)
+    return [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", f"train.steps={steps}",
+            "train.global_batch_size=8", "train.micro_batch_size=2", "train.seq_length=128",
+            "optim.schedule.warmup_steps=1", "logging.tensorboard=false",
+            "checkpoint.save_at_end=false"]
+
+
+def _layout(run_dir: Path) -> dict:
+    return json.loads((run_dir / "layout.json").read_text())
+
+
+@needs_two_gpus
+def test_tp2_with_sequence_parallelism_over_nccl_matches_one_gpu(tmp_path):
+    common = _common(tmp_path, 5) + ["model.dtype=fp32", "model.attention_backend=sdpa"]
+    train(common + ["launch.procs_per_node=1", "parallel.tp=1", f"logging.run_dir={tmp_path / 'tp1'}"])
+    train(common + ["launch.procs_per_node=2", "parallel.tp=2", f"logging.run_dir={tmp_path / 'tp2'}"])
+    layout = _layout(tmp_path / "tp2")
+    assert (layout["tp"], layout["sequence_parallel"], layout["norm_grads_reduced_over_tp"]) == (
+        2, True, True)
+    for a, b in zip(losses(tmp_path / "tp1"), losses(tmp_path / "tp2")):
+        assert abs(a - b) <= 1e-4 * abs(a), (a, b)
+
+
+@needs_te
+def test_transformer_engine_spec_trains(tmp_path):
+    run_dir = tmp_path / "te"
+    train(_common(tmp_path, 3) + ["model.dtype=bf16", "model.attention_backend=te",
+                                  "launch.procs_per_node=1", "parallel.tp=1",
+                                  f"logging.run_dir={run_dir}"])
+    assert _layout(run_dir)["core_attention"] == "TEDotProductAttention"
+    values = losses(run_dir)
+    assert len(values) == 3 and all(math.isfinite(v) for v in values)
+
+
+@needs_te
+def test_cpu_converted_checkpoint_loads_into_the_te_spec(tmp_path):
+    hf = make_hf_llama(tmp_path / "hf", vocab=512)
+    ckpt = tmp_path / "ckpt"
+    converted = run_cli("convert", "hf-to-mcore", "--hf-dir", str(hf), "--out-dir", str(ckpt),
+                        "--dtype", "fp32")  # CPU ranks over gloo: conversion hides the GPUs
+    assert converted.returncode == 0, converted.stderr[-3000:]
+    # The tiny preset's shape with make_hf_llama's FFN width and vocabulary.
+    common = _common(tmp_path, 2) + [
+        "model.ffn_hidden_size=128", "model.vocab_size=512", "model.dtype=fp32",
+        f"checkpoint.pretrained={ckpt}", "launch.procs_per_node=1", "parallel.tp=1"]
+    first_losses = {}
+    for backend in ("sdpa", "te"):
+        run_dir = tmp_path / backend
+        out = train(common + [f"model.attention_backend={backend}", f"logging.run_dir={run_dir}"])
+        assert f"initial weights from {ckpt}" in out.stdout
+        first_losses[backend] = losses(run_dir)[0]
+    # The same weights in both specs (the TE layers' FP8 state starts fresh): the same first loss.
+    assert abs(first_losses["te"] - first_losses["sdpa"]) <= 1e-3 * first_losses["sdpa"]
