@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
 from harness import TINY_RECIPE, metrics, write_initial_weights  # noqa: E402
-from mixture_fixtures import mixture_overrides, write_source  # noqa: E402
+from mixture_fixtures import mixture_overrides, write_two_language_mixture  # noqa: E402
 
 from megatron_cpt.almr.launchers import LocalLauncher  # noqa: E402
 from megatron_cpt.almr.sweep import plan_runs, run_state, run_sweep  # noqa: E402
@@ -21,11 +21,7 @@ from megatron_cpt.config.loader import apply_overrides, read_yaml  # noqa: E402
 
 
 def test_local_sweep_runs_the_reference_and_resumes_an_interrupted_point(tmp_path):
-    for seed, name in enumerate(("zh_a", "en_a")):
-        write_source(tmp_path / name, 20_000, seed)
-    mixture = {"almr": 0.33, "remainder": {"en": 1.0}, "sources": [
-        {"name": "zh_a", "prefix": str(tmp_path / "zh_a"), "language": "zh"},
-        {"name": "en_a", "prefix": str(tmp_path / "en_a"), "language": "en"}]}
+    mixture = write_two_language_mixture(tmp_path)
     common = ["model.dtype=fp32", "launch.procs_per_node=1", "parallel.tp=1", "parallel.pp=1",
               "train.global_batch_size=4", "train.micro_batch_size=2", "train.seq_length=64",
               "train.eval_interval=4", "train.eval_steps=2", "data.split=80,20,0",

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
 from harness import TINY_RECIPE, metrics, run_cli, write_initial_weights  # noqa: E402
-from mixture_fixtures import mixture_overrides, write_source  # noqa: E402
+from mixture_fixtures import mixture_overrides, write_two_language_mixture  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 
@@ -32,11 +32,7 @@ def _queued(cluster, job: str) -> bool:
 
 
 def test_two_point_sweep_runs_as_one_job_array(slurm, tmp_path):
-    for seed, name in enumerate(("zh_a", "en_a")):
-        write_source(tmp_path / name, 20_000, seed)
-    mixture = {"almr": 0.33, "remainder": {"en": 1.0}, "sources": [
-        {"name": "zh_a", "prefix": str(tmp_path / "zh_a"), "language": "zh"},
-        {"name": "en_a", "prefix": str(tmp_path / "en_a"), "language": "en"}]}
+    mixture = write_two_language_mixture(tmp_path)
     common = ["model.dtype=fp32", "launch.procs_per_node=1", "launch.accelerator=cpu",
               "parallel.tp=1", "parallel.pp=1", "train.global_batch_size=4",
               "train.micro_batch_size=2", "train.seq_length=64", "train.eval_interval=4",

@@ -41,3 +41,13 @@ def mixture_overrides(mixture: dict, extra: list[str] = ()) -> list[str]:
     """Overrides that replace the tiny recipe's data.paths by ``mixture`` (JSON is YAML)."""
     return ["data.paths=[]", f"data.eod_token_id={EOD_ID}", f"data.mixture={json.dumps(mixture)}",
             *extra]
+
+
+def write_two_language_mixture(root: Path, almr: float = 0.33) -> dict:
+    """Two 20k-token sources, ``zh_a`` (zh) and ``en_a`` (en), under ``root``; returns the
+    ``data.mixture`` that blends them at ``almr`` with English as the remainder."""
+    for seed, name in enumerate(("zh_a", "en_a")):
+        write_source(root / name, 20_000, seed)
+    return {"almr": almr, "remainder": {"en": 1.0}, "sources": [
+        {"name": "zh_a", "prefix": str(root / "zh_a"), "language": "zh"},
+        {"name": "en_a", "prefix": str(root / "en_a"), "language": "en"}]}

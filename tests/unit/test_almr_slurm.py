@@ -6,7 +6,6 @@ in bash."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,8 @@ import pytest
 from megatron_cpt.almr.launchers import SlurmLauncher
 from megatron_cpt.almr.sweep import plan_runs, write_plan
 from megatron_cpt.launch.slurm import SlurmJob
-from mixture_fixtures import mixture_overrides, write_source
+from mixture_fixtures import mixture_overrides, write_two_language_mixture
+from shellcheck_fixture import assert_shellcheck_clean
 from test_almr_sweep import _base
 
 GOLDEN = Path(__file__).with_name("almr_golden") / "demo_sweep.sbatch"
@@ -41,14 +41,7 @@ def test_array_script_equals_the_stored_one_and_passes_shellcheck(tmp_path):
                  'RUN_DIR="/sweeps/demo/${RUNS[$SLURM_ARRAY_TASK_ID]}"',
                  'RECIPE="$RUN_DIR/recipe.yaml"', '--module "$MODULE" "$RECIPE" &'):
         assert line in text, line
-    if shutil.which("shellcheck") is None:
-        if os.environ.get("MEGATRON_CPT_REQUIRE_SLURM") == "1":
-            pytest.fail("shellcheck is not installed (Debian package shellcheck)")
-        pytest.skip("shellcheck is not installed")
-    script = tmp_path / "sweep.sbatch"
-    script.write_text(text)
-    proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+    assert_shellcheck_clean(text, tmp_path)
 
 
 @pytest.mark.parametrize("task, run, module", [
@@ -83,11 +76,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_sweep_cli_writes_the_array_script(tmp_path):
-    for seed, name in enumerate(("zh_a", "en_a")):
-        write_source(tmp_path / name, 20_000, seed)
-    mixture = {"almr": 0.33, "remainder": {"en": 1.0}, "sources": [
-        {"name": "zh_a", "prefix": str(tmp_path / "zh_a"), "language": "zh"},
-        {"name": "en_a", "prefix": str(tmp_path / "en_a"), "language": "en"}]}
+    mixture = write_two_language_mixture(tmp_path)
     recipe = Path(__file__).resolve().parents[2] / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
     overrides = mixture_overrides(mixture, ["train.eval_interval=10", "data.split=80,20,0"])
     args = ["sweep", str(recipe), *overrides, "--almr", "0.1,0.3,0.5", "--lr", "1e-3,3e-3",

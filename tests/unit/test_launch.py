@@ -3,8 +3,6 @@ clean under shellcheck), the requeue decision, and the rank environment of one t
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,21 +18,11 @@ from megatron_cpt.launch.requeue import requeue_decision
 from megatron_cpt.launch.slurm import SlurmJob, render_sbatch, signal_lead_seconds
 from megatron_cpt.errors import UserError
 from megatron_cpt.train import progress_log
+from shellcheck_fixture import assert_shellcheck_clean
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE_8B = REPO / "examples" / "llama3_8b_cpt_8xh100_fp8.yaml"
 RECIPE_70B = REPO / "examples" / "llama3_70b_cpt_64xh100_fp8.yaml"
-
-
-def _shellcheck(text: str, tmp_path: Path) -> None:
-    if shutil.which("shellcheck") is None:
-        if os.environ.get("MEGATRON_CPT_REQUIRE_SLURM") == "1":
-            pytest.fail("shellcheck is not installed (Debian package shellcheck)")
-        pytest.skip("shellcheck is not installed")
-    path = tmp_path / "job.sbatch"
-    path.write_text(text)
-    proc = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -42,7 +30,7 @@ def test_example_scripts_are_generated_and_clean(name, tmp_path):
     text = render_example(name)
     assert example_path(name).read_text() == text, (
         f"launch/{name}.sbatch is stale: run python -m megatron_cpt.launch.example_scripts")
-    _shellcheck(text, tmp_path)
+    assert_shellcheck_clean(text, tmp_path)
 
 
 def test_70b_script_content():
@@ -64,7 +52,7 @@ def test_per_gpu_tasks_in_a_container(tmp_path):
                    container_image="nvcr.io#nvidia/pytorch:25.09-py3", container_mounts="/data:/data",
                    tasks="per-gpu")
     text = render_sbatch(recipe, "/runs/x/job.recipe.yaml", job, source="x.yaml")
-    _shellcheck(text, tmp_path)
+    assert_shellcheck_clean(text, tmp_path)
     names = list(job_environment(recipe, job.signal_lead_s))
     assert "CUDA_DEVICE_MAX_CONNECTIONS" not in names  # TP 1, CP 1
     assert f"--container-env={','.join(names)}" in text
