@@ -77,10 +77,12 @@ class SlurmJob:
 def signal_lead_seconds(metrics: list[dict]) -> tuple[int, str]:
     """How long before the time limit the warning must come: the slowest step plus twice the
     slowest checkpoint save measured in this run's metrics, plus Slurm's signal slack."""
-    saves = [r["checkpoint_save_s"] for r in metrics if r.get("checkpoint_save_s") is not None]
+    # A stop's save blocks; a background save's record holds only the time to schedule it.
+    saves = [r["checkpoint_save_s"] for r in metrics
+             if r.get("checkpoint_save_s") is not None and not r.get("checkpoint_background")]
     steps = [r["step_time_s"] for r in metrics if r.get("step_time_s") is not None]
     if not saves:
-        return DEFAULT_LEAD_S, "default: no checkpoint_save_s in the run's metrics.jsonl yet"
+        return DEFAULT_LEAD_S, "default: no blocking checkpoint save in the run's metrics.jsonl yet"
     lead = math.ceil(max(steps, default=0.0) + 2 * max(saves)) + SLURM_SIGNAL_SLACK_S
     return lead, (f"slowest step {max(steps, default=0.0):.0f} s + 2 x slowest save "
                   f"{max(saves):.0f} s + {SLURM_SIGNAL_SLACK_S} s slack, from metrics.jsonl")

@@ -44,7 +44,8 @@ class StepRecord:
     result: StepResult
     timing: dict[str, float]  # step time and its breakdown (megatron_cpt.train.timers)
     batch_digest: str | None
-    checkpoint_save_s: float | None = None
+    checkpoint_save_s: float | None = None  # time the step spent saving (or scheduling a save)
+    checkpoint_background: bool = False  # the save was written in the background (async_save)
 
     @property
     def finite(self) -> bool:
@@ -97,6 +98,8 @@ def record_step(state: TrainState, record: StepRecord, evals: dict[str, float]) 
         values["pipeline_bubble_estimate"] = state.throughput.bubble_estimate
     if record.checkpoint_save_s is not None:
         values["checkpoint_save_s"] = record.checkpoint_save_s
+        if record.checkpoint_background:
+            values["checkpoint_background"] = True
     if not record.finite:
         state.consecutive_skips += 1
         progress.skipped_steps += 1
@@ -144,6 +147,7 @@ def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) 
     if background is None:  # the time a stop's (blocking) save takes
         state.longest_save_s = max(state.longest_save_s, record.checkpoint_save_s)
     else:
+        record.checkpoint_background = True
         log(f"writing {state.last_saved.name} in the background")
 
 

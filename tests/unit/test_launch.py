@@ -100,7 +100,9 @@ def test_bad_time_limits(time, message):
 def test_signal_lead_from_measured_saves():
     assert signal_lead_seconds([])[0] == 600
     measured = [{"step": 1, "step_time_s": 10.2}, {"step": 2, "step_time_s": 9.0,
-                                                   "checkpoint_save_s": 80.5}]
+                                                   "checkpoint_save_s": 80.5},
+                {"step": 3, "step_time_s": 9.0, "checkpoint_save_s": 95.0,
+                 "checkpoint_background": True}]  # only the time to schedule a background save
     lead, reason = signal_lead_seconds(measured)
     assert lead == 232  # ceil(10.2 + 2 x 80.5) + 60 s of Slurm's signal slack
     assert "metrics.jsonl" in reason
