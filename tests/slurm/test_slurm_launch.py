@@ -75,7 +75,11 @@ def test_warning_signal_saves_requeues_and_resumes(slurm, common, tmp_path):
     # What Slurm sends `--signal=B:USR1@lead` seconds before the time limit.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm.env, check=True)
     _wait_for(lambda: slurm.job_field(job, "Restarts") == "1", 300, "the requeue", slurm, job)
-    # A requeued job becomes eligible only after a delay; let it start now.
+    # A requeued job becomes eligible only after a delay; let it start now, but only once the
+    # node has finished the first start (a batch job launched while the node still cleans up
+    # the previous one is refused: "Job credential revoked").
+    _wait_for(lambda: slurm.job_field(job, "JobState") == "PENDING"
+              and slurm.scontrol_state().startswith("idle"), 300, "the node to be idle", slurm, job)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=slurm.env,
                    check=True)
     _wait_for(lambda: slurm.job_field(job, "JobState") == "COMPLETED", 300, "job completion",
