@@ -29,6 +29,8 @@ def _wait_for(predicate, timeout: float, what: str, cluster=None, job=None):
     if cluster is not None and job is not None:
         detail = subprocess.run(["scontrol", "show", "job", job], env=cluster.env,
                                 capture_output=True, text=True).stdout
+        log = (cluster.root / "slurmctld.log").read_text().splitlines()[-25:]
+        detail += "\n--- slurmctld.log\n" + "\n".join(log)
     raise AssertionError(f"timed out waiting for {what}\n{detail}")
 
 
@@ -75,11 +77,13 @@ def test_warning_signal_saves_requeues_and_resumes(slurm, common, tmp_path):
     # What Slurm sends `--signal=B:USR1@lead` seconds before the time limit.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm.env, check=True)
     _wait_for(lambda: slurm.job_field(job, "Restarts") == "1", 300, "the requeue", slurm, job)
-    # A requeued job becomes eligible only after a delay; let it start now, but only once the
-    # node has finished the first start (a batch job launched while the node still cleans up
-    # the previous one is refused: "Job credential revoked").
+    # A requeued job becomes eligible only after a delay (about 2 minutes); let it start now, but
+    # only once the node has finished the first start and a few seconds have passed: slurmd
+    # refuses a job credential issued in the same second as the revocation of the previous one
+    # ("Job credential revoked"), which the delay normally prevents.
     _wait_for(lambda: slurm.job_field(job, "JobState") == "PENDING"
               and slurm.scontrol_state().startswith("idle"), 300, "the node to be idle", slurm, job)
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=slurm.env,
                    check=True)
     _wait_for(lambda: slurm.job_field(job, "JobState") == "COMPLETED", 300, "job completion",
