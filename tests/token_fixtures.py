@@ -38,3 +38,16 @@ def write_byte_dataset(prefix: str | Path, limit_bytes: int = 400_000) -> int:
         tokens += len(ids)
     builder.finalize(prefix + ".idx")
     return tokens
+
+
+def byte_run_overrides(prefix: str | Path, *, steps: int | None = None, global_batch_size: int = 4,
+                       micro_batch_size: int = 1, seq_length: int = 64,
+                       warmup_steps: int = 1) -> list[str]:
+    """Recipe overrides that train on PREFIX's byte tokens in fp32, without TensorBoard."""
+    overrides = [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.dtype=fp32",
+                 f"train.global_batch_size={global_batch_size}",
+                 f"train.micro_batch_size={micro_batch_size}", f"train.seq_length={seq_length}",
+                 f"optim.schedule.warmup_steps={warmup_steps}", "logging.tensorboard=false"]
+    if steps is not None:
+        overrides.append(f"train.steps={steps}")
+    return overrides

@@ -16,7 +16,7 @@ import pytest
 
 from conversion_fixtures import make_hf_llama, write_tiny_tokenizer
 from harness import TINY_RECIPE, write_initial_weights
-from token_fixtures import EOD_ID, write_byte_dataset
+from token_fixtures import byte_run_overrides, write_byte_dataset
 
 
 def _truncate(path: Path) -> None:
@@ -34,8 +34,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("catalogue")
     data = root / "stdlib"
     write_byte_dataset(data)
-    train_args = [f"data.paths=[{data}]", f"data.eod_token_id={EOD_ID}", "model.dtype=fp32",
-                  "train.steps=2", "optim.schedule.warmup_steps=1", "logging.tensorboard=false"]
+    train_args = byte_run_overrides(data, steps=2, global_batch_size=8, micro_batch_size=2,
+                                    seq_length=128)
     init = write_initial_weights(root / "init", train_args)
     biggest_shard = lambda d: max(d.glob("*.distcp"), key=lambda p: p.stat().st_size)  # noqa: E731
     hf = make_hf_llama(root / "hf")

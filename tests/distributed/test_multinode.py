@@ -10,7 +10,7 @@ import sys
 import yaml
 
 from harness import TINY_RECIPE, free_port, losses, train
-from token_fixtures import EOD_ID, write_byte_dataset
+from token_fixtures import byte_run_overrides, write_byte_dataset
 
 from megatron_cpt.config import load_recipe
 from megatron_cpt.launch.slurm import torchrun_command
@@ -19,10 +19,8 @@ from megatron_cpt.launch.slurm import torchrun_command
 def test_two_nodes_match_one_node(tmp_path):
     prefix = tmp_path / "stdlib"
     write_byte_dataset(prefix)
-    common = [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.dtype=fp32",
-              "parallel.tp=2", "train.steps=6", "optim.schedule.warmup_steps=2", "train.global_batch_size=4",
-              "train.micro_batch_size=1", "train.seq_length=64", "logging.tensorboard=false",
-              "checkpoint.save_at_end=false"]
+    common = byte_run_overrides(prefix, steps=6, warmup_steps=2) + [
+        "parallel.tp=2", "checkpoint.save_at_end=false"]
     one_node = tmp_path / "one_node"
     train(common + ["launch.procs_per_node=4", f"logging.run_dir={one_node}"])
 

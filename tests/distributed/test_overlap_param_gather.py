@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness import free_port, losses, run_cli, train
-from token_fixtures import EOD_ID, write_byte_dataset
+from token_fixtures import byte_run_overrides, write_byte_dataset
 
 STEPS = 6
 SAVED = ["step_000002", "step_000004", "step_000006"]
@@ -53,10 +53,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("overlap")
     prefix = root / "stdlib"
     write_byte_dataset(prefix)
-    common = [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.dtype=fp32",
-              f"train.steps={STEPS}", "train.global_batch_size=4", "train.micro_batch_size=1",
-              "train.seq_length=64", "optim.schedule.warmup_steps=1", "logging.tensorboard=false",
-              "checkpoint.save_interval=2"] + DP2
+    common = byte_run_overrides(prefix, steps=STEPS) + ["checkpoint.save_interval=2"] + DP2
     plain, overlap, split = root / "plain", root / "overlap", root / "split"
     train(common + [f"logging.run_dir={plain}"])
     out = train(common + OVERLAP + ASYNC + [f"logging.run_dir={overlap}"])

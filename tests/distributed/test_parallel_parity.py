@@ -9,7 +9,7 @@ import json
 import pytest
 
 from harness import metrics, train, write_initial_weights
-from token_fixtures import EOD_ID, write_byte_dataset
+from token_fixtures import byte_run_overrides, write_byte_dataset
 
 STEPS = 10
 # name -> (overrides, what layout.json must say)
@@ -36,10 +36,8 @@ def parity_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
     prefix = root / "stdlib"
     write_byte_dataset(prefix)
-    common = [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.dtype=fp32",
-              f"train.steps={STEPS}", "train.global_batch_size=8", "train.micro_batch_size=1",
-              "train.seq_length=64", "optim.schedule.warmup_steps=2", "logging.tensorboard=false",
-              "checkpoint.save_at_end=false", "checkpoint.save_interval=0"]
+    common = byte_run_overrides(prefix, steps=STEPS, global_batch_size=8, warmup_steps=2) + [
+        "checkpoint.save_at_end=false", "checkpoint.save_interval=0"]
     init = write_initial_weights(root / "init", common)
     results = {}
     for name, (overrides, _) in LAYOUTS.items():

@@ -18,7 +18,7 @@ import pytest
 
 from harness import TINY_RECIPE, losses, metrics, train, write_initial_weights
 from megatron_cpt.checkpointing.dist_io import PAUSE_ENV, is_complete
-from token_fixtures import EOD_ID, write_byte_dataset
+from token_fixtures import byte_run_overrides, write_byte_dataset
 
 TP1_PP2 = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=2"]
 TP2_PP1 = ["launch.procs_per_node=2", "parallel.tp=2", "parallel.pp=1"]
@@ -29,9 +29,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     prefix = root / "stdlib"
     write_byte_dataset(prefix)
-    common = [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.dtype=fp32",
-              "train.steps=10", "train.global_batch_size=4", "train.micro_batch_size=1",
-              "train.seq_length=64", "optim.schedule.warmup_steps=2", "logging.tensorboard=false"]
+    common = byte_run_overrides(prefix, steps=10, warmup_steps=2)
     init = write_initial_weights(root / "init", common)
     return root, common + [f"checkpoint.pretrained={init}"]
 

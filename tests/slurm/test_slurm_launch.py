@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import REPO, TINY_RECIPE, losses, metrics, run_cli, train
-from token_fixtures import EOD_ID, write_byte_dataset
+from token_fixtures import byte_run_overrides, write_byte_dataset
 
 from megatron_cpt.train.progress_log import read_starts
 
@@ -38,9 +38,8 @@ def _wait_for(predicate, timeout: float, what: str, cluster=None, job=None):
 def common(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("slurm_data") / "stdlib"
     write_byte_dataset(prefix)
-    return [f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "launch.accelerator=cpu",
-            "logging.tensorboard=false", "train.seq_length=64", "train.global_batch_size=4",
-            "train.micro_batch_size=1", "model.dtype=fp32", "checkpoint.save_interval=0"]
+    return byte_run_overrides(prefix, warmup_steps=4) + ["launch.accelerator=cpu",
+                                                         "checkpoint.save_interval=0"]
 
 
 def _submit(overrides: list[str], run_dir: Path, tasks: str = "per-node") -> str:
