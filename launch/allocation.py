@@ -19,7 +19,7 @@ def fit_to_allocation(recipe: Recipe, nodes: int, gpus_per_node: int) -> Recipe:
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
     p = recipe.parallel
     ranks = nodes * gpus_per_node
-    replica = p.tp * p.pp * p.cp
+    replica = p.model_parallel_size
     if ranks % replica:
         raise ConfigError(
             f"parallel.tp: {where} = {ranks} GPUs do not hold a whole number of model replicas of "

@@ -86,6 +86,8 @@ def run_slurm(args) -> int:
 
     quiet_known_warnings()
     # The job's own flags first: a typo in --time should not wait for the recipe and data checks.
+    if args.signal_lead is not None and args.signal_lead <= 0:
+        raise UserError(f"--signal-lead: expected seconds > 0, got {args.signal_lead}")
     SlurmJob(partition=args.partition, time=args.time, nodes=1, gpus_per_node=1,
              signal_lead_s=0).validate()
     recipe = load_recipe(args.recipe, args.overrides)

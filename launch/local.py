@@ -78,7 +78,7 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
             raise UserError(error_file.read_text().strip())
     if run_dir:
         starts = read_starts(run_dir)
-        if len(starts) > starts_before and starts[-1].ended in ("preempted", "time_limit"):
+        if len(starts) > starts_before and starts[-1].resumable:
             from megatron_cpt.train.preemption import EXIT_RESUMABLE
 
             return EXIT_RESUMABLE

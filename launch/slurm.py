@@ -26,6 +26,7 @@ from typing import Literal, Optional
 from megatron_cpt.config.recipe import Recipe
 from megatron_cpt.errors import UserError
 from megatron_cpt.launch.environment import job_environment
+from megatron_cpt.train.metrics import blocking_save_times
 
 # Rendezvous ports: PORT_BASE + (job id + restart) % PORT_SPAN, away from Slurm's 6817/6818 and
 # the ephemeral range.
@@ -65,10 +66,11 @@ class SlurmJob:
         limit = self.time_limit_s()
         if limit <= 0:
             raise UserError(f"--time: must be longer than zero, got '{self.time}'")
-        if self.signal_lead_s >= limit:
+        if self.signal_lead_s + SLURM_SIGNAL_SLACK_S >= limit:
             raise UserError(
                 f"--time: {self.time} is shorter than the {self.signal_lead_s} s the job needs to "
-                f"save before its end ({self.lead_reason}); ask for more time or a smaller "
+                f"save before its end ({self.lead_reason}) plus the {SLURM_SIGNAL_SLACK_S} s by "
+                f"which Slurm may send its warning early; ask for more time or a smaller "
                 f"--signal-lead")
         if self.tasks not in ("per-node", "per-gpu"):
             raise UserError(f"--tasks: expected per-node or per-gpu, got '{self.tasks}'")
@@ -77,9 +79,7 @@ class SlurmJob:
 def signal_lead_seconds(metrics: list[dict]) -> tuple[int, str]:
     """How long before the time limit the warning must come: the slowest step plus twice the
     slowest checkpoint save measured in this run's metrics, plus Slurm's signal slack."""
-    # A stop's save blocks; a background save's record holds only the time to schedule it.
-    saves = [r["checkpoint_save_s"] for r in metrics
-             if r.get("checkpoint_save_s") is not None and not r.get("checkpoint_background")]
+    saves = blocking_save_times(metrics)
     steps = [r["step_time_s"] for r in metrics if r.get("step_time_s") is not None]
     if not saves:
         return DEFAULT_LEAD_S, "default: no blocking checkpoint save in the run's metrics.jsonl yet"

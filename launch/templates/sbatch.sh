@@ -15,6 +15,15 @@ ${chdir_line}# Warning ${signal_lead_s} s before the time limit (${lead_reason})
 #SBATCH --signal=B:USR1@${signal_lead_s}
 set -uo pipefail
 
+# Slurm sends its warning to this shell only (B:USR1). torchrun does not pass SIGUSR1 on, so it
+# becomes SIGTERM for the training step: the ranks save after the current step and exit.
+# shellcheck disable=SC2317  # run by the trap
+on_warning() {
+  echo "megatron-cpt: warning signal: asking the training step to save and stop"
+  scancel --signal=TERM "$$SLURM_JOB_ID"
+}
+trap on_warning USR1
+
 ${task_lines}RUN_DIR=${run_dir_q}
 RECIPE=${recipe_q}
 PYTHON=${python_q}
@@ -39,27 +48,22 @@ RDZV_PORT=$$(( ${port_base} + (SLURM_JOB_ID + RESTART) % ${port_span} ))
 ${rendezvous_lines}
 echo "megatron-cpt: job $$SLURM_JOB_ID start $$RESTART on $$SLURM_JOB_NUM_NODES node(s), head $$HEAD_NODE ($$HEAD_ADDR:$$RDZV_PORT)"
 
-# Slurm sends its warning to this shell only (B:USR1). torchrun does not pass SIGUSR1 on, so it
-# becomes SIGTERM for the training step: the ranks save after the current step and exit.
-# shellcheck disable=SC2317  # run by the trap
-on_warning() {
-  echo "megatron-cpt: warning signal: asking the training step to save and stop"
-  scancel --signal=TERM "$$SLURM_JOB_ID"
-}
-trap on_warning USR1
-
+# The training step writes this when the run stopped early and should go on (launch/requeue.py).
+REQUEUE_REQUEST="$$RUN_DIR/requeue.request"
+rm -f "$$REQUEUE_REQUEST"
 srun ${srun_flags} \
   ${step_command} &
 STEP_PID=$$!
-# wait returns early when the trap runs: keep waiting until the step has ended.
-while true; do
+# wait returns early when the trap runs: keep waiting until the step has ended, then once more
+# for its own status (the last wait may have been cut short by the trap as the step ended).
+while kill -0 "$$STEP_PID" 2>/dev/null; do
   wait "$$STEP_PID"
-  STATUS=$$?
-  kill -0 "$$STEP_PID" 2>/dev/null || break
 done
+wait "$$STEP_PID"
+STATUS=$$?
 
-# Requeue only a run that stopped early with a checkpoint and made progress (progress.jsonl).
-if "$$PYTHON" -m megatron_cpt.launch.requeue "$$RUN_DIR"; then
+if [ -f "$$REQUEUE_REQUEST" ]; then
+  echo "megatron-cpt: requeueing job $$SLURM_JOB_ID: $$(cat "$$REQUEUE_REQUEST")"
   scontrol requeue "$$SLURM_JOB_ID"
 fi
 exit "$$STATUS"

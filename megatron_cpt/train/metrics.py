@@ -66,3 +66,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}: line {number} is not JSON ({exc.msg})") from None
     return records
+
+
+def blocking_save_times(records: list[dict]) -> list[float]:
+    """``checkpoint_save_s`` of the blocking saves: a stop's save always blocks, and a background
+    save's record holds only the time to schedule it."""
+    return [r["checkpoint_save_s"] for r in records
+            if r.get("checkpoint_save_s") is not None and not r.get("checkpoint_background")]

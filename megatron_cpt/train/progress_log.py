@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 PROGRESS_FILE = "progress.jsonl"
+# Endings after which the run can go on from its checkpoint.
+RESUMABLE_ENDINGS = ("preempted", "time_limit")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class RunStart:
     last_step: Optional[int]  # the last step it completed; None when it was killed
     ended: Optional[str]  # see the module docstring; None when it was killed
     checkpoint: Optional[str]
+
+    @property
+    def resumable(self) -> bool:
+        return self.ended in RESUMABLE_ENDINGS
 
     @property
     def made_progress(self) -> bool:

@@ -8,6 +8,7 @@ samples for every step of the run, validation sets; 5. the metrics writer.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,7 +17,7 @@ import torch.distributed as dist
 
 from megatron_cpt.config.recipe import Recipe
 from megatron_cpt.train.checkpoint import TrainingProgress
-from megatron_cpt.train.metrics import MetricsWriter
+from megatron_cpt.train.metrics import MetricsWriter, blocking_save_times
 from megatron_cpt.train.timers import StepTimers
 
 
@@ -50,7 +51,6 @@ class TrainState:
     timers: StepTimers  # where each step's time goes (megatron_cpt.train.timers)
     throughput: object  # megatron_cpt.profile.throughput.ThroughputMeter
     # The checkpoint this run resumed from, the newest one it saved, and that one's step.
-    resumed_from: Optional[Path] = None
     last_saved: Optional[Path] = None
     saved_step: Optional[int] = None
     last_loss: float = float("nan")
@@ -64,14 +64,18 @@ class TrainState:
         return self.recipe.train.stop_at_step or self.recipe.train.steps
 
 
-def _truncate_metrics_after(run_dir: Path, step: int) -> None:
-    """Drop records of steps that a resumed run will redo (they ran past the last checkpoint)."""
+def _truncate_metrics_after(run_dir: Path, step: int) -> float:
+    """Drop records of steps that a resumed run will redo (they ran past the last checkpoint);
+    returns the longest blocking save of the kept ones (0 when there is none)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
-        return
+        return 0.0
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    tmp = path.with_name(path.name + ".tmp")  # a kill mid-write keeps the history
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    return max(blocking_save_times([json.loads(line) for line in kept]), default=0.0)
 
 
 def build_state(cfg: Recipe) -> TrainState:
@@ -125,6 +129,7 @@ def build_state(cfg: Recipe) -> TrainState:
     data = build_training_data(cfg.data, cfg.train, cfg.model.vocab_size,
                                cfg.train.steps * cfg.train.global_batch_size,
                                validation_samples(cfg), cache_dir=str(run_dir / "data_cache"))
+    longest_save_s = 0.0
     if is_logging_rank():
         log(data.plan.format_table())
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +138,8 @@ def build_state(cfg: Recipe) -> TrainState:
         layout = describe_layout(chunks)
         (run_dir / "layout.json").write_text(json.dumps(layout, indent=2))
         log("layout: " + " ".join(f"{k}={v}" for k, v in layout.items()))
-        _truncate_metrics_after(run_dir, progress.step)
+        # The time-limit stop reserves the longest save seen so far, across starts.
+        longest_save_s = _truncate_metrics_after(run_dir, progress.step)
 
     # 5. Metrics, written by one rank; step timers and throughput, on every rank.
     metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=is_logging_rank())
@@ -145,6 +151,6 @@ def build_state(cfg: Recipe) -> TrainState:
         recipe=cfg, model=model, optimizer=optimizer, scheduler=scheduler, data=data,
         metrics=metrics, progress=progress, ckpt_dir=ckpt_dir, dp_rank=dp_rank, dp_size=dp_size,
         num_microbatches=cfg.train.num_microbatches(dp_size), timers=timers,
-        throughput=throughput, resumed_from=resume_from,
+        throughput=throughput, longest_save_s=longest_save_s,
         last_saved=resume_from, saved_step=progress.step if resume_from is not None else None,
         checkpoint_writes=AsyncCallsQueue() if cfg.checkpoint.async_save else None)

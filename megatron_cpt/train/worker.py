@@ -3,7 +3,8 @@
 Exit status: 0 when the run finished, 3 on a non-finite loss, 75 (``EXIT_RESUMABLE``) when it
 stopped early with a checkpoint (SIGTERM or ``train.time_limit_minutes``). Under torchrun a
 resumable stop exits 0 instead, since torchrun reports any non-zero rank as a failure and does not
-pass the status on; ``megatron-cpt train`` and the Slurm script read ``RUN_DIR/progress.jsonl``.
+pass the status on; ``megatron-cpt train`` reads ``RUN_DIR/progress.jsonl``. Inside a Slurm job the
+rank that keeps that file also decides whether the job requeues itself (``launch/requeue.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def train_this_rank(recipe: Recipe) -> int:
     from megatron_cpt.runtime.parallel import destroy_parallel
     from megatron_cpt.train.loop import NonFiniteLossError, run_training
     from megatron_cpt.train.preemption import EXIT_RESUMABLE
+    from megatron_cpt.train.state import is_logging_rank
 
     run_dir = Path(recipe.logging.run_dir)
     try:
@@ -36,6 +38,14 @@ def train_this_rank(recipe: Recipe) -> int:
         loss = "" if math.isnan(outcome.last_loss) else f", loss {outcome.last_loss:.4f}"
         print(f"[megatron-cpt] {outcome.stop_reason.label}: step {outcome.last_step}{loss}, "
               f"run dir {run_dir}, checkpoint {outcome.checkpoint}", flush=True)
+    if is_logging_rank() and "SLURM_JOB_ID" in os.environ:
+        from megatron_cpt.launch.requeue import request_requeue_if_due
+
+        request_requeue_if_due(run_dir)
+    # No rank leaves before progress.jsonl's end line (and the requeue request) is written: a
+    # launcher that sees one rank or node exit (srun --kill-on-bad-exit, torchrun after SIGTERM)
+    # may kill the others.
+    dist.barrier()
     destroy_parallel()
     if outcome.stop_reason.resumable and "TORCHELASTIC_RUN_ID" not in os.environ:
         return EXIT_RESUMABLE

@@ -14,7 +14,7 @@ from megatron_cpt.config import ConfigError, load_recipe
 from megatron_cpt.launch.allocation import fit_to_allocation
 from megatron_cpt.launch.environment import adopt_slurm_rank_environment, job_environment
 from megatron_cpt.launch.example_scripts import EXAMPLES, example_path, render_example
-from megatron_cpt.launch.requeue import requeue_decision
+from megatron_cpt.launch.requeue import request_requeue_if_due, requeue_decision
 from megatron_cpt.launch.slurm import SlurmJob, render_sbatch, signal_lead_seconds
 from megatron_cpt.errors import UserError
 from megatron_cpt.train import progress_log
@@ -89,7 +89,8 @@ def test_refused_layout_writes_nothing(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("time,message", [("4h", "--time: expected HH:MM:SS"),
-                                          ("00:05:00", "--time: 00:05:00 is shorter than")])
+                                          ("00:05:00", "--time: 00:05:00 is shorter than"),
+                                          ("00:10:30", "--time: 00:10:30 is shorter than")])
 def test_bad_time_limits(time, message):
     recipe = load_recipe(RECIPE_8B)
     job = SlurmJob(partition="gpu", time=time, nodes=1, gpus_per_node=8)
@@ -120,6 +121,8 @@ def _starts(tmp_path, *ends):
     ([(1, 12, "preempted")], True),
     ([(1, 12, "preempted"), (13, 20, "time_limit")], True),
     ([(1, 12, "preempted"), (13, 12, "preempted")], False),  # no step since the last start
+    ([(1, 12, "preempted"), (1, 12, "preempted")], False),  # did not resume: would loop forever
+    ([(1, 12, "preempted"), (13, None, None), (13, 12, "preempted")], False),
     ([(1, 40, "preempted")], False),  # the final step: nothing left to do
     ([(1, 40, "finished")], False),
     ([(1, 7, "failed")], False),
@@ -130,6 +133,18 @@ def _starts(tmp_path, *ends):
 def test_requeue_decision(tmp_path, ends, expected):
     requeue, reason = _starts(tmp_path, *ends)
     assert requeue is expected, reason
+
+
+def test_requeue_request_is_written_only_when_due(tmp_path, capsys):
+    _starts(tmp_path, (1, 12, "preempted"))
+    assert request_requeue_if_due(tmp_path)
+    assert "after step 12" in (tmp_path / "requeue.request").read_text()
+    (tmp_path / "requeue.request").unlink()
+    progress_log.record_start(tmp_path, 12, 40)
+    progress_log.record_end(tmp_path, 40, "finished", "ckpt/step_000040")
+    assert not request_requeue_if_due(tmp_path)
+    assert not (tmp_path / "requeue.request").exists()
+    assert "no requeue: start 2 ended 'finished'" in capsys.readouterr().out
 
 
 def test_requeue_module_exit_status(tmp_path):
