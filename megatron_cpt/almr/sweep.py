@@ -153,10 +153,11 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
 
     def resolve(name: str, kind: str, almr: float, lr: float) -> PlannedRun:
         tree = copy.deepcopy(base)
-        scale = lr / optim.lr
+        # The ratio to optim.lr, never above lr itself (rounding would break min_lr == lr).
         for key, value in (("data.mixture.almr", almr), ("optim.lr", lr),
-                           ("optim.min_lr", optim.min_lr * scale),
-                           ("optim.schedule.init_lr", optim.schedule.init_lr * scale),
+                           ("optim.min_lr", min(lr, optim.min_lr / optim.lr * lr)),
+                           ("optim.schedule.init_lr",
+                            min(lr, optim.schedule.init_lr / optim.lr * lr)),
                            ("train.steps", steps),
                            ("logging.run_dir", str(Path(sweep_dir) / name))):
             _set(tree, key, value)

@@ -60,6 +60,16 @@ def test_every_point_differs_only_in_almr_and_lr_with_an_equal_token_budget(tmp_
         assert differs <= {"data.mixture.almr", "optim.lr", "optim.min_lr", "logging.run_dir"}
 
 
+def test_a_constant_schedule_keeps_min_lr_and_init_lr_equal_to_each_lr(tmp_path):
+    # 2e-5 * (7e-4 / 2e-5) rounds to 7.000000000000001e-4, above the lr itself.
+    base = _base("optim.lr=2e-5", "optim.min_lr=2e-5", "optim.schedule.init_lr=2e-5",
+                 "optim.schedule.decay_style=constant")
+    plan = plan_runs(base, ALMRS, [7e-4, 3e-3], str(tmp_path / "sweep"), tokens=10 * 1024)
+    for run in plan.runs[1:]:
+        optim = run.recipe["optim"]
+        assert optim["min_lr"] == optim["schedule"]["init_lr"] == optim["lr"] == run.lr
+
+
 def test_tokens_must_give_an_evaluated_last_step(tmp_path):
     with pytest.raises(ConfigError, match=r"^train.eval_interval: 10 must divide the sweep's "
                                           r"train.steps 49 .*train.eval_interval=49\)$"):
