@@ -3,7 +3,6 @@ on this machine one after another; the Slurm one submits them as one job array."
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from typing import Optional, Sequence
 
 from megatron_cpt.almr.sweep import RECIPE, LaunchResult, PlannedRun, SweepPlan, run_state
 from megatron_cpt.errors import UserError
+from megatron_cpt.files import write_atomic
 
 _UNSAFE = re.compile(r'[\s"$`\\]')
 
@@ -81,11 +81,8 @@ class SlurmLauncher:
     def launch(self, plan: SweepPlan, runs: Sequence[PlannedRun]) -> list[LaunchResult]:
         from megatron_cpt.launch.slurm import submit
 
-        path = Path(plan.sweep_dir) / "sweep.sbatch"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(self.render(plan, runs))
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        path = write_atomic(Path(plan.sweep_dir) / "sweep.sbatch", self.render(plan, runs),
+                            mode=0o755)
         if not self.submit:
             return [LaunchResult(r.name, "written", f"task {i} of {path}")
                     for i, r in enumerate(runs)]

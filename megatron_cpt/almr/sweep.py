@@ -23,15 +23,16 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Protocol, Sequence
 
 import yaml
 
+from megatron_cpt.config.loader import set_dotted
 from megatron_cpt.config.recipe import recipe_from_dict
 from megatron_cpt.errors import ConfigError, UserError
+from megatron_cpt.files import write_atomic
 from megatron_cpt.train.metrics import LANGUAGE_LOSS, read_metrics
 
 MANIFEST = "sweep.json"
@@ -110,13 +111,6 @@ def _check_values(values: Sequence[float], option: str, valid, expected: str) ->
     return tuple(sorted(float(v) for v in values))
 
 
-def _set(tree: dict, dotted: str, value) -> None:
-    *sections, leaf = dotted.split(".")
-    for section in sections:
-        tree = tree.setdefault(section, {})
-    tree[leaf] = value
-
-
 def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_dir: str,
               tokens: Optional[int] = None, recipe_source: str = "") -> SweepPlan:
     """Resolve and validate the recipe of every point (nothing is written).
@@ -160,7 +154,7 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
                             min(lr, optim.schedule.init_lr / optim.lr * lr)),
                            ("train.steps", steps),
                            ("logging.run_dir", str(Path(sweep_dir) / name))):
-            _set(tree, key, value)
+            set_dotted(tree, key, value)
         try:
             resolved = recipe_from_dict(tree).validate()
         except ConfigError as exc:
@@ -175,12 +169,6 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
                      steps=steps, tokens_per_step=tokens_per_step,
                      additional_language=mixture.additional_language, languages=languages,
                      runs=tuple(runs))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _recipe_text(run: PlannedRun) -> str:
@@ -209,9 +197,9 @@ def write_plan(plan: SweepPlan) -> None:
         plan.run_dir(run).mkdir(parents=True, exist_ok=True)
         path = plan.run_dir(run) / RECIPE
         if not path.is_file():
-            _write_atomic(path, _recipe_text(run))
+            write_atomic(path, _recipe_text(run))
     if not manifest_path.is_file():
-        _write_atomic(manifest_path, json.dumps(plan.manifest(), indent=2) + "\n")
+        write_atomic(manifest_path, json.dumps(plan.manifest(), indent=2) + "\n")
 
 
 def read_plan(sweep_dir: str | Path) -> SweepPlan:
