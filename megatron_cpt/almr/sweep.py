@@ -34,6 +34,7 @@ from megatron_cpt.config.recipe import recipe_from_dict
 from megatron_cpt.errors import ConfigError, UserError
 from megatron_cpt.files import write_atomic
 from megatron_cpt.train.metrics import LANGUAGE_LOSS, read_metrics
+from megatron_cpt.train.progress_log import read_starts
 
 MANIFEST = "sweep.json"
 RECIPE = "recipe.yaml"
@@ -241,18 +242,19 @@ class RunState:
 
 
 def run_state(run_dir: Path, final_step: int) -> RunState:
-    """``done`` (the final evaluation is recorded), ``diverged`` (stopped on a non-finite loss:
-    rerunning it would diverge again), ``partial`` (resumable) or ``pending``."""
+    """``done`` (the final evaluation is recorded), ``diverged`` (its last start ended on a
+    non-finite loss, ``progress.jsonl``: rerunning it would diverge again), ``partial``
+    (resumable) or ``pending``."""
+    starts = read_starts(run_dir)
+    if starts and starts[-1].ended == "nonfinite":
+        return RunState("diverged", starts[-1].last_step, None)
     if not (Path(run_dir) / "metrics.jsonl").is_file():
         return RunState("pending", 0, None)
     records = read_metrics(run_dir)
     for record in reversed(records):
         if record.get("step") == final_step and any(k.startswith(LANGUAGE_LOSS) for k in record):
             return RunState("done", final_step, record)
-    last = records[-1] if records else {}
-    if last.get("skipped") and last.get("loss") is None:
-        return RunState("diverged", last["step"], None)
-    return RunState("partial", last.get("step", 0), None)
+    return RunState("partial", records[-1].get("step", 0) if records else 0, None)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ import pytest
 
 from megatron_cpt.almr.fit import collect, fit
 from megatron_cpt.almr.objective import Objective
-from megatron_cpt.almr.sweep import (LaunchResult, plan_runs, read_plan, run_state, run_sweep,
-                                     write_plan)
+from megatron_cpt.almr.sweep import (LaunchResult, RunState, plan_runs, read_plan, run_state,
+                                     run_sweep, write_plan)
 from megatron_cpt.config.loader import apply_overrides, read_yaml
 from megatron_cpt.config.recipe import load_recipe
 from megatron_cpt.errors import ConfigError, UserError
+from megatron_cpt.train.progress_log import record_end, record_start
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo_llama3_tiny_cpt_2xcpu.yaml"
@@ -198,10 +199,15 @@ def test_a_diverged_run_is_not_rerun_and_is_left_out_of_the_fit(tmp_path):
     plan = plan_runs(_base(), [0.1, 0.2, 0.33, 0.5], LRS, str(tmp_path / "sweep"), tokens=10 * 1024)
     write_plan(plan)
     diverged = next(r for r in plan.runs if r.almr == 0.1 and r.lr == 3e-3)
-    with open(plan.run_dir(diverged) / "metrics.jsonl", "w") as out:
+    run_dir = plan.run_dir(diverged)
+    with open(run_dir / "metrics.jsonl", "w") as out:
         out.write(json.dumps({"step": 1, "loss": 5.0}) + "\n")
         out.write(json.dumps({"step": 2, "loss": None, "skipped": True}) + "\n")
-    assert run_state(plan.run_dir(diverged), plan.steps).status == "diverged"
+    # Killed after a skipped step (train.nonfinite_loss=skip): it resumes.
+    record_start(run_dir, 0, plan.steps)
+    assert run_state(run_dir, plan.steps) == RunState("partial", 2, None)
+    record_end(run_dir, 2, "nonfinite", None)  # what the run writes when it stops on one
+    assert run_state(run_dir, plan.steps) == RunState("diverged", 2, None)
     launcher = RecordingLauncher()
     run_sweep(plan, launcher)
     assert diverged.name not in launcher.launched and len(launcher.launched) == len(plan.runs) - 1
