@@ -176,19 +176,26 @@ def _recipe_text(run: PlannedRun) -> str:
     return yaml.safe_dump(run.recipe, sort_keys=False)
 
 
+GROWING = ("almrs", "lrs", "runs")  # a rerun may add to these, never drop from them
+
+
 def write_plan(plan: SweepPlan) -> None:
-    """Write the manifest and each run's recipe; an existing sweep directory must hold this very
-    plan (a rerun resumes it) and is never rewritten."""
+    """Write the manifest and each run's recipe. An existing sweep directory must hold this plan
+    (a rerun resumes it) or a part of it: a grid widened by more ALMRs or learning rates gets the
+    new runs and a new manifest; the recipes of existing runs are never rewritten."""
     sweep_dir = Path(plan.sweep_dir)
     manifest_path = sweep_dir / MANIFEST
-    if manifest_path.is_file():
-        existing, planned = json.loads(manifest_path.read_text()), plan.manifest()
+    planned = plan.manifest()
+    existing = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if existing is not None:
         # The recipe's path may be spelled differently; its content is compared run by run below.
-        differs = sorted(k for k in set(existing) | set(planned)
-                         if k != "recipe" and existing.get(k) != planned.get(k))
-        if differs:
-            raise UserError(f"{manifest_path}: holds a different sweep ({', '.join(differs)} "
-                            f"differ); use a new sweep directory")
+        fixed = sorted(k for k in set(existing) | set(planned) if k not in ("recipe", *GROWING)
+                       and existing.get(k) != planned.get(k))
+        dropped = [k for k in GROWING if any(v not in planned[k] for v in existing.get(k, []))]
+        if fixed or dropped:
+            raise UserError(f"{manifest_path}: holds a different sweep ({', '.join(fixed + dropped)}"
+                            f" differ; a rerun may only add ALMRs or learning rates); use a new "
+                            f"sweep directory")
     for run in plan.runs:
         path = plan.run_dir(run) / RECIPE
         if path.is_file() and path.read_text() != _recipe_text(run):
@@ -199,8 +206,8 @@ def write_plan(plan: SweepPlan) -> None:
         path = plan.run_dir(run) / RECIPE
         if not path.is_file():
             write_atomic(path, _recipe_text(run))
-    if not manifest_path.is_file():
-        write_atomic(manifest_path, json.dumps(plan.manifest(), indent=2) + "\n")
+    if existing is None or any(existing.get(k) != planned[k] for k in GROWING):
+        write_atomic(manifest_path, json.dumps(planned, indent=2) + "\n")
 
 
 def read_plan(sweep_dir: str | Path) -> SweepPlan:

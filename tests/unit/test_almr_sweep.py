@@ -108,8 +108,12 @@ def test_written_recipes_load_back_and_a_different_rerun_is_refused(tmp_path):
         assert load_recipe(path).to_dict() == run.recipe
     assert read_plan(plan.sweep_dir) == plan
     other = plan_runs(_base(), [0.1, 0.2, 0.33], LRS, plan.sweep_dir, tokens=50 * 1024)
-    with pytest.raises(UserError, match=r"sweep.json: holds a different sweep \(almrs, runs differ\)"):
+    with pytest.raises(UserError, match=r"sweep.json: holds a different sweep \(almrs, runs differ; "
+                                        r"a rerun may only add ALMRs or learning rates\)"):
         write_plan(other)
+    longer = plan_runs(_base(), ALMRS, LRS, plan.sweep_dir, tokens=60 * 1024)
+    with pytest.raises(UserError, match=r"holds a different sweep \(steps, tokens differ; "):
+        write_plan(longer)
     changed = plan_runs(_base("train.seed=7"), ALMRS, LRS, plan.sweep_dir, tokens=50 * 1024)
     with pytest.raises(UserError, match=r"reference/recipe.yaml: differs from the recipe"):
         write_plan(changed)
@@ -174,6 +178,25 @@ def test_run_sweep_skips_finished_points_and_resumes_the_rest(tmp_path):
     assert result.original_languages == ("en", "code")
     assert result.validation_batches == 2 and result.replicates == 50
     assert result.reference == {"zh": 8.0, "en": 5.0, "code": 5.0}
+
+
+def test_a_widened_grid_keeps_the_finished_runs_and_runs_only_the_new_points(tmp_path):
+    plan = _plan(tmp_path, tokens=10 * 1024)
+    run_sweep(plan, RecordingLauncher())
+    wider = plan_runs(_base(), [0.05, *ALMRS, 0.7], [*LRS, 1e-2], plan.sweep_dir,
+                      tokens=10 * 1024)
+    launcher = RecordingLauncher()
+    results = run_sweep(wider, launcher)
+    old = {r.name for r in plan.runs}
+    assert launcher.launched == [r.name for r in wider.runs if r.name not in old]
+    assert len(launcher.launched) == 5 * 3 - 3 * 2
+    assert sorted(r.run for r in results if r.status == "skipped") == sorted(old)
+    assert read_plan(plan.sweep_dir) == wider
+    assert fit(collect(plan.sweep_dir), Objective("weighted"), bootstrap=0).almrs == wider.almrs
+    # Back to the smaller grid: refused, the manifest kept.
+    with pytest.raises(UserError, match=r"holds a different sweep \(almrs, lrs, runs differ; "):
+        write_plan(plan)
+    assert read_plan(plan.sweep_dir) == wider
 
 
 def test_collect_names_a_missing_or_unfinished_run(tmp_path):
