@@ -59,7 +59,7 @@ class PlannedRun:
         """Arguments after ``python`` that start this run's ranks on this machine."""
         if self.kind == "train":
             return ["-m", "megatron_cpt", "train", str(recipe_path)]
-        return ["-m", "megatron_cpt.almr.reference", str(recipe_path)]
+        return ["-m", "megatron_cpt", "almr", "reference", str(recipe_path)]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,15 @@ def _check_values(values: Sequence[float], option: str, valid, expected: str) ->
     return tuple(sorted(float(v) for v in values))
 
 
+def require_initial_weights(checkpoint) -> None:
+    """A sweep (and its reference) starts from ``checkpoint.pretrained``: from random weights the
+    reference losses are those of noise, and the constrained objective compares with them."""
+    if not checkpoint.pretrained:
+        raise ConfigError("checkpoint.pretrained: the ALMR sweep continues pre-training from initial "
+                          "weights and compares with their losses (the reference run); set "
+                          "checkpoint.pretrained=CKPT")
+
+
 def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_dir: str,
               tokens: Optional[int] = None, recipe_source: str = "") -> SweepPlan:
     """Resolve and validate the recipe of every point (nothing is written).
@@ -124,6 +133,7 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
     if mixture is None:
         raise ConfigError("data.mixture: the ALMR sweep varies data.mixture.almr, but the recipe "
                           "names its data with data.paths")
+    require_initial_weights(recipe.checkpoint)
     if recipe.checkpoint.dir is not None:
         raise ConfigError("checkpoint.dir: each sweep run keeps its checkpoints in its own run "
                           "directory; leave checkpoint.dir unset (override: checkpoint.dir=null)")

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from checkpoint_fixtures import write_checkpoint_stub
 from megatron_cpt.almr.launchers import SlurmLauncher
 from megatron_cpt.almr.sweep import plan_runs, write_plan
+from megatron_cpt.config.recipe import load_recipe
 from megatron_cpt.launch.slurm import SlurmJob
 from mixture_fixtures import mixture_overrides, write_two_language_mixture
 from shellcheck_fixture import assert_shellcheck_clean
@@ -78,7 +80,9 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_sweep_cli_writes_the_array_script(tmp_path):
     mixture = write_two_language_mixture(tmp_path)
     recipe = Path(__file__).resolve().parents[2] / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
-    overrides = mixture_overrides(mixture, ["train.eval_interval=10", "data.split=80,20,0"])
+    init = write_checkpoint_stub(tmp_path / "init", load_recipe(recipe).model)
+    overrides = mixture_overrides(mixture, ["train.eval_interval=10", "data.split=80,20,0",
+                                            f"checkpoint.pretrained={init}"])
     args = ["sweep", str(recipe), *overrides, "--almr", "0.1,0.3,0.5", "--lr", "1e-3,3e-3",
             "--tokens", str(10 * 8 * 128), "--out", "sweep"]
     proc = _cli(*args, "--partition", "gpu", cwd=tmp_path)

@@ -24,7 +24,9 @@ ALMRS, LRS = [0.5, 0.1, 0.33], [3e-3, 1e-3]
 
 
 def _base(*overrides: str) -> dict:
-    return apply_overrides(read_yaml(DEMO), ["train.eval_interval=10", *overrides])
+    # The initial weights are only named: nothing here starts a run.
+    return apply_overrides(read_yaml(DEMO), ["train.eval_interval=10",
+                                             "checkpoint.pretrained=/checkpoints/base", *overrides])
 
 
 def _plan(tmp_path: Path, base: dict | None = None, **kwargs):
@@ -83,6 +85,8 @@ def test_tokens_must_give_an_evaluated_last_step(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("checkpoint.dir=/tmp/shared", "^checkpoint.dir: each sweep run keeps its checkpoints"),
     ("train.stop_at_step=5", "^train.stop_at_step: every sweep run trains to train.steps"),
+    ("checkpoint.pretrained=null", r"^checkpoint.pretrained: the ALMR sweep continues pre-training "
+                                   r"from initial weights .*; set checkpoint.pretrained=CKPT$"),
     ("optim.lr=-1", r"^optim.lr: must be positive, got -1.0$"),
 ])
 def test_recipe_errors_name_the_field(tmp_path, override, message):
