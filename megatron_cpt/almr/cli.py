@@ -130,7 +130,7 @@ def _slurm_launcher(args, plan):
 
 
 def run_sweep_command(args) -> int:
-    from megatron_cpt.almr.launchers import LocalLauncher
+    from megatron_cpt.almr.launchers import LocalLauncher, refuse_while_submitted
     from megatron_cpt.almr.sweep import plan_runs, run_sweep, write_plan
     from megatron_cpt.config.loader import apply_overrides, read_yaml
     from megatron_cpt.config.recipe import recipe_from_dict
@@ -155,6 +155,8 @@ def run_sweep_command(args) -> int:
     check_inputs(recipe_from_dict(plan.runs[0].recipe))
     launcher = None if args.plan_only else (
         _slurm_launcher(args, plan) if args.slurm else LocalLauncher(progress=not args.no_progress))
+    if launcher is not None and (not args.slurm or args.submit):  # it starts or submits runs
+        refuse_while_submitted(out)
     print(f"sweep {out}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR + reference, "
           f"{plan.steps} steps x {plan.tokens_per_step:,} tokens = {plan.tokens:,} tokens per run",
           flush=True)
