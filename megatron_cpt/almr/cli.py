@@ -1,7 +1,8 @@
 """``megatron-cpt almr``: the ALMR x learning-rate study (docs/ALMR.md).
 
-    megatron-cpt almr sweep examples/demo_llama3_tiny_cpt_2xcpu.yaml KEY=VALUE ... \\
-        --almr 0.1,0.2,0.33,0.5 --lr 1e-3,3e-3,1e-2 --tokens 100000 --out runs/almr_demo
+    megatron-cpt almr sweep examples/demo_llama3_tiny_cpt_2xcpu.yaml \\
+        checkpoint.pretrained=outputs/demo/base/checkpoints/step_000200 train.eval_interval=100 \\
+        --almr 0.1,0.2,0.33,0.5 --lr 1e-3,3e-3,1e-2 --tokens 102400 --out runs/almr_demo
     megatron-cpt almr sweep examples/llama3_8b_cpt_32xh100_fp8.yaml ... --almr ... --lr ... \\
         --slurm --partition gpu --time 12:00:00 --submit      # one Slurm job array
     megatron-cpt almr status runs/almr_demo

@@ -5,6 +5,8 @@ writes nothing."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +15,13 @@ import pytest
 
 from checkpoint_fixtures import write_checkpoint_stub
 from megatron_cpt.almr.sweep import plan_runs, write_plan
+from megatron_cpt.config.loader import apply_overrides, read_yaml
 from megatron_cpt.config.recipe import load_recipe
 from mixture_fixtures import mixture_overrides, write_two_language_mixture
 from test_almr_sweep import RecordingLauncher, _base
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -31,6 +37,21 @@ def sweep_dir(tmp_path_factory) -> Path:
     write_plan(plan)
     RecordingLauncher().launch(plan, plan.runs)
     return Path(plan.sweep_dir)
+
+
+@pytest.mark.parametrize("source", ["megatron_cpt/almr/cli.py", "docs/ALMR.md"])
+def test_the_documented_demo_sweep_plans(source):
+    from megatron_cpt.almr import cli
+    from megatron_cpt.cli import build_parser
+
+    text = cli.__doc__ if source.endswith(".py") else (REPO / source).read_text()
+    joined = re.sub(r"\\\s*\n\s*", " ", text)  # continuation lines
+    [command] = [line.split("megatron-cpt ", 1)[1] for line in joined.splitlines()
+                 if "megatron-cpt almr sweep examples/demo_" in line]
+    args = build_parser("almr").parse_args(shlex.split(command))
+    base = apply_overrides(read_yaml(REPO / args.recipe), args.overrides)
+    plan = plan_runs(base, args.almr, args.lr, args.out, tokens=args.tokens)
+    assert plan.steps == 100 and plan.tokens == args.tokens
 
 
 def test_status_lists_every_run(sweep_dir):
