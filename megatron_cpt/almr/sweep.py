@@ -29,6 +29,7 @@ from typing import Literal, Optional, Protocol, Sequence
 
 import yaml
 
+from megatron_cpt.config.checkpoint import CheckpointConfig
 from megatron_cpt.config.loader import set_dotted
 from megatron_cpt.config.recipe import recipe_from_dict
 from megatron_cpt.errors import ConfigError, UserError
@@ -112,7 +113,7 @@ def _check_values(values: Sequence[float], option: str, valid, expected: str) ->
     return tuple(sorted(float(v) for v in values))
 
 
-def require_initial_weights(checkpoint) -> None:
+def require_initial_weights(checkpoint: CheckpointConfig) -> None:
     """A sweep (and its reference) starts from ``checkpoint.pretrained``: from random weights the
     reference losses are those of noise, and the constrained objective compares with them."""
     if not checkpoint.pretrained:
