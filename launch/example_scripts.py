@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_cpt.config.recipe import load_recipe
+from megatron_cpt.files import write_atomic
 from megatron_cpt.launch.allocation import fit_to_allocation
 from megatron_cpt.launch.slurm import SlurmJob, render_sbatch
 
@@ -40,10 +41,7 @@ def example_path(name: str, repo: Path = REPO) -> Path:
 
 def main() -> None:
     for name in EXAMPLES:
-        path = example_path(name)
-        path.write_text(render_example(name))
-        path.chmod(0o755)
-        print(path)
+        print(write_atomic(example_path(name), render_example(name), mode=0o755))
 
 
 if __name__ == "__main__":

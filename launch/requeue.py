@@ -16,10 +16,10 @@ repeated steps an earlier start had reached (e.g. ``checkpoint.resume: false``) 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
+from megatron_cpt.files import write_atomic
 from megatron_cpt.train.progress_log import read_starts
 
 REQUEST_FILE = "requeue.request"
@@ -51,10 +51,7 @@ def request_requeue_if_due(run_dir: str | Path) -> bool:
     requeue, reason = requeue_decision(run_dir)
     print(f"megatron-cpt: {'requeue' if requeue else 'no requeue'}: {reason}", flush=True)
     if requeue:
-        request = Path(run_dir) / REQUEST_FILE
-        tmp = request.with_name(request.name + ".tmp")
-        tmp.write_text(reason + "\n")
-        os.replace(tmp, request)
+        write_atomic(Path(run_dir) / REQUEST_FILE, reason + "\n")
     return requeue
 
 

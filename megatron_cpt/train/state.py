@@ -8,7 +8,6 @@ samples for every step of the run, validation sets; 5. the metrics writer.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from typing import Optional
 import torch.distributed as dist
 
 from megatron_cpt.config.recipe import Recipe
+from megatron_cpt.files import write_atomic
 from megatron_cpt.train.checkpoint import TrainingProgress
 from megatron_cpt.train.metrics import MetricsWriter, blocking_save_times
 from megatron_cpt.train.timers import StepTimers
@@ -72,9 +72,7 @@ def _truncate_metrics_after(run_dir: Path, step: int) -> float:
         return 0.0
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_name(path.name + ".tmp")  # a kill mid-write keeps the history
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(line + "\n" for line in kept))  # a kill mid-write keeps the history
     return max(blocking_save_times([json.loads(line) for line in kept]), default=0.0)
 
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from megatron_cpt.config.recipe import Recipe, load_recipe
+from megatron_cpt.files import write_atomic
 
 
 def train_this_rank(recipe: Recipe) -> int:
@@ -34,7 +35,7 @@ def train_this_rank(recipe: Recipe) -> int:
             print(f"megatron-cpt train: error: {exc}", file=sys.stderr, flush=True)
         return 3
     if dist.get_rank() == 0:
-        (run_dir / "recipe.resolved.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        write_atomic(run_dir / "recipe.resolved.json", json.dumps(recipe.to_dict(), indent=2))
         loss = "" if math.isnan(outcome.last_loss) else f", loss {outcome.last_loss:.4f}"
         print(f"[megatron-cpt] {outcome.stop_reason.label}: step {outcome.last_step}{loss}, "
               f"run dir {run_dir}, checkpoint {outcome.checkpoint}", flush=True)

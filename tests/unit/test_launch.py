@@ -189,3 +189,18 @@ def test_layout_that_does_not_fit_in_memory_is_refused_unless_forced(tmp_path, c
     assert main(args + ["--force"]) == 2
     assert "error: data.mixture.sources[0].prefix" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_missing_initial_weights_are_refused_before_anything_is_written(tmp_path, capsys):
+    from token_fixtures import byte_run_overrides, write_byte_dataset
+
+    write_byte_dataset(tmp_path / "stdlib", limit_bytes=50_000)
+    run_dir = tmp_path / "run"
+    status = main(["launch", "slurm", str(REPO / "examples" / "llama3_tiny_cpt_2xcpu.yaml"),
+                   *byte_run_overrides(tmp_path / "stdlib", steps=4), "model.vocab_size=257",
+                   f"checkpoint.pretrained={tmp_path / 'no_such_checkpoint'}",
+                   f"logging.run_dir={run_dir}", "--partition", "debug", "--time", "00:20:00"])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert "no_such_checkpoint" in err and "\n" not in err, err
+    assert not run_dir.exists()
