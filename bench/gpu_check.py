@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,16 +38,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_step(command: list[str], timeout: int) -> dict:
+def run_step(command: list[str], timeout: float) -> dict:
+    """Run ``command`` in a session of its own; past ``timeout`` seconds, kill it and everything
+    it started, so that no process of a timed-out step is left on the GPU for the next one."""
     start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, errors="replace", start_new_session=True)
     try:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        status, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as exc:
-        status, output = "timeout", (exc.stdout or b"").decode(errors="replace")
-    print(output[-3000:], flush=True)
+        stdout, stderr = proc.communicate(timeout=timeout)
+        status = proc.returncode
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc.pid)
+        stdout, stderr = proc.communicate()
+        status = "timeout"
+    print(stdout[-3000:], stderr[-3000:], sep="\n", flush=True)
     return {"command": " ".join(command), "status": status,
-            "seconds": round(time.perf_counter() - start, 1), "tail": output[-1500:]}
+            "seconds": round(time.perf_counter() - start, 1),
+            "stdout_tail": stdout[-1500:], "stderr_tail": stderr[-1500:]}
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL process group ``pid`` (the step's session) and every descendant of ``pid``:
+    torchrun starts each rank in a session of its own, which a signal to the group would miss."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for process in descendants:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
