@@ -6,12 +6,14 @@ in one JSON file.
 Runs ``pytest tests/gpu`` and ``bench/gpu_throughput.py`` (defaults: Llama-3-8B shape, 4 layers,
 seq 8192, BF16, ours against Hugging Face) each under its own time limit, so that the whole check
 ends well inside 8 minutes; megatron-core and this project must already be installed (the Makefile
-target does that from .whl/ without network).
+target does that from .whl/ without network). Any of ``NEEDED_MODULES`` that is absent stops the
+check before it starts (exit status 2, the names in the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +23,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# What the check imports beyond the standard library. The Makefile target installs megatron-core
+# and this project with --no-deps --no-index, so the rest must be on the machine already.
+NEEDED_MODULES = ("torch", "megatron.core", "megatron_cpt", "transformers", "safetensors",
+                  "tokenizers", "yaml", "numpy", "psutil", "tqdm", "packaging", "pytest")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +42,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.bench_args[:1] == ["--"]:
         args.bench_args = args.bench_args[1:]
     return args
+
+
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its parent package is absent
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def write_json(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
 
 
 def run_step(command: list[str], timeout: float) -> dict:
@@ -79,13 +104,19 @@ def kill_process_tree(pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = Path(args.out).resolve()
+    missing = missing_modules(NEEDED_MODULES)
+    if missing:
+        write_json(out, {"missing_modules": missing})
+        print(f"gpu-check: error: {sys.executable} lacks {', '.join(missing)} (the Makefile "
+              f"installs only megatron-core and this project, with --no-deps --no-index; see "
+              f"docs/BENCHMARKS.md)", file=sys.stderr)
+        return 2
     import torch
 
     if not torch.cuda.is_available():
         print("gpu-check: CUDA is not available on this machine", file=sys.stderr)
         return 2
-    out = Path(args.out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     bench_json = out.with_name(out.stem + ".throughput.json")
     bench_json.unlink(missing_ok=True)  # never report an earlier run's figures
     start = time.perf_counter()
@@ -96,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"card": torch.cuda.get_device_name(), "tests_gpu": tests, "bench": bench,
               "throughput": json.loads(bench_json.read_text()) if bench_json.is_file() else None,
               "total_seconds": round(time.perf_counter() - start, 1)}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    write_json(out, result)
     print(f"gpu-check: figures in {out}")
     return 0 if tests["status"] == 0 and bench["status"] == 0 else 1
 

@@ -39,6 +39,17 @@ def test_arguments_default_to_the_h100_check_and_refuse_nonsense(capsys):
     assert recipe.model.num_layers == 4 and recipe.train.num_microbatches(1) == 4
 
 
+def test_missing_modules_stop_the_check_before_anything_runs(tmp_path, monkeypatch, capsys):
+    check = _load("gpu_check")
+    monkeypatch.setattr(check, "NEEDED_MODULES", ("yaml", "no_such_module", "no_such_parent.child"))
+    monkeypatch.setattr(check, "run_step", lambda *args: pytest.fail("a step ran"))
+    out = tmp_path / "out" / "gpu_check.json"
+    assert check.main(["--out", str(out)]) == 2
+    assert json.loads(out.read_text()) == {"missing_modules": ["no_such_module", "no_such_parent.child"]}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lacks no_such_module, no_such_parent.child" in err
+
+
 # A step that outlives its time limit: it starts one sleeper in its own process group and one in
 # a session of its own (as torchrun starts its ranks), then sleeps itself.
 SLOW_STEP = """
