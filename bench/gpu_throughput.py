@@ -65,7 +65,7 @@ def bench_recipe(args: argparse.Namespace):
     }).validate()
 
 
-def batches(args, vocab: int, device, count: int):
+def batches(args, vocab: int, count: int):
     import torch
 
     generator = torch.Generator().manual_seed(1234)
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
     peak = detect_peak(training_precision(cfg.dtype, fp8=False))
     per_token = flops_per_token(cfg, args.seq).model
     tokens = args.micro_batch * args.micro_batches * args.seq
-    data = batches(args, cfg.vocab_size, device, args.micro_batches)
+    data = batches(args, cfg.vocab_size, args.micro_batches)
 
     # Ours: the product's runtime path (DDP with fp32 gradient buffers, megatron-core optimizer).
     ours = {"chunks": build_model(cfg, recipe.parallel)}  # a dict: emptied to free it below
@@ -218,8 +218,7 @@ def run(args: argparse.Namespace) -> dict:
     hf_peak = torch.cuda.max_memory_allocated() / GB if device.type == "cuda" else None
     destroy_parallel()
 
-    estimate = estimate_memory(recipe, gpu_memory_gb=peak_memory_of(device))
-    stage = estimate.most_loaded
+    stage = estimate_memory(recipe).most_loaded
     ours = figures(ours_fb, tokens, per_token, peak)
     return {
         "device": peak.device, "peak": peak.describe(), "torch": torch.__version__,
@@ -239,14 +238,6 @@ def run(args: argparse.Namespace) -> dict:
                        "weights", "gradients", "optimizer", "activations", "logits")}},
         "top_kernels_of_our_step": kernels,
     }
-
-
-def peak_memory_of(device) -> float:
-    import torch
-
-    if device.type != "cuda":
-        return 80.0
-    return torch.cuda.get_device_properties(0).total_memory / 1e9
 
 
 def megatron_core_version() -> str:
