@@ -139,7 +139,6 @@ def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("MASTER_PORT", "29541")
     import torch
     import transformers
-    from megatron.core.distributed import finalize_model_grads
 
     from megatron_cpt.conversion.llama_config import hf_config_from_model
     from megatron_cpt.model.build import build_model
@@ -166,8 +165,6 @@ def run(args: argparse.Namespace) -> dict:
     ours["model"] = wrap_with_ddp(ours["chunks"], recipe.parallel)
     ours["optimizer"] = build_optimizer(ours["model"], recipe.optim, recipe.parallel, cfg.dtype)
     ours["scheduler"] = build_scheduler(ours["optimizer"], recipe.optim, recipe.train.steps)
-    ours["chunks"][0].config.finalize_model_grads_func = finalize_model_grads
-    ours["chunks"][0].config.no_sync_func = ours["model"][0].no_sync
 
     def ours_forward_backward():
         ours["model"][0].zero_grad_buffer()
