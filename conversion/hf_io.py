@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from megatron_cpt.errors import CheckpointError
+from megatron_cpt.errors import CheckpointError, UserError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -234,9 +234,22 @@ def tokenizer_token_ids(directory: Path) -> tuple[int, dict[str, int]]:
     if not (directory / "tokenizer.json").is_file():
         raise FileNotFoundError(f"--tokenizer-from {directory}: no tokenizer.json there "
                                 f"(`megatron-cpt data train-tokenizer` writes one)")
-    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    try:
+        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+        raise UserError(f"--tokenizer-from {directory}: tokenizer.json is not a tokenizers "
+                        f"file ({exc})") from None
     config_path = directory / "tokenizer_config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"--tokenizer-from {directory}: tokenizer_config.json is not "
+                            f"valid JSON ({exc})") from None
+        if not isinstance(config, dict):
+            raise UserError(f"--tokenizer-from {directory}: tokenizer_config.json must hold "
+                            f"a JSON object")
     ids = {}
     for role in ("bos", "eos"):
         token = config.get(f"{role}_token")

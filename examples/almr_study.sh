@@ -11,11 +11,13 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=examples/demo_data.sh
+source examples/demo_data.sh
 OUT=outputs/almr_study
 RECIPE=examples/demo_llama3_tiny_cpt_2xcpu.yaml
 ALMRS=${ALMR_GRID:-0.1,0.3,0.5,0.7,0.9}
 LRS=${ALMR_LR_GRID:-1e-3,3e-3,1e-2}
-STEPS=${ALMR_STEPS:-100}                 # per run; x 8 x 128 tokens per step (the recipe's batch)
+STEPS=${ALMR_STEPS:-100}                 # per run, each of the recipe's batch (the sweep prints it)
 BASE_STEPS=${ALMR_BASE_STEPS:-200}
 TARGET_LR=${ALMR_TARGET_LR:-2e-3}        # the learning rate of the run to recommend an ALMR for
 CLI=megatron-cpt
@@ -32,12 +34,14 @@ DEMO_BASE_STEPS=$BASE_STEPS bash examples/demo.sh > "$OUT/demo.log" 2>&1 \
     || { tail -n 30 "$OUT/demo.log"; echo "examples/demo.sh failed (log: $OUT/demo.log)"; exit 1; }
 grep -E "^\[demo" "$OUT/demo.log"
 BASE_CKPT="outputs/demo/base/checkpoints/$(cat outputs/demo/base/checkpoints/latest)"
+demo_data_overrides outputs/demo/data  # the vocabulary and end-of-document id demo.sh trained with
 
 stage "2/4 sweep: ALMR $ALMRS x LR $LRS, $STEPS steps each, from $BASE_CKPT -> $OUT/sweep"
-$CLI almr sweep "$RECIPE" "checkpoint.pretrained=$BASE_CKPT" \
-    "train.eval_interval=$STEPS" train.eval_steps=8 logging.tensorboard=false \
-    "data.cache_dir=$OUT/data_cache" \
-    --almr "$ALMRS" --lr "$LRS" --tokens $((STEPS * 8 * 128)) --out "$OUT/sweep" --no-progress
+# Every run trains train.steps of the recipe's batch: the same token budget (printed by the sweep).
+$CLI almr sweep "$RECIPE" "${DATA_OVERRIDES[@]}" "checkpoint.pretrained=$BASE_CKPT" \
+    "train.steps=$STEPS" "train.eval_interval=$STEPS" train.eval_steps=8 \
+    logging.tensorboard=false "data.cache_dir=$OUT/data_cache" \
+    --almr "$ALMRS" --lr "$LRS" --out "$OUT/sweep" --no-progress
 $CLI almr status "$OUT/sweep"
 
 stage "3/4 fit, constrained: lowest zh loss with en and code no worse than the base model"

@@ -13,6 +13,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=examples/demo_data.sh
+source examples/demo_data.sh
 OUT=outputs/demo  # the recipe's source prefixes point here
 RECIPE=examples/demo_llama3_tiny_cpt_2xcpu.yaml
 SOURCES=(zh_poetry zh_fortunes zh_manpages en_fortunes en_manpages code_python)
@@ -51,22 +53,20 @@ printf '%s\n' "${SOURCES[@]}" | xargs -P 2 -I{} sh -c \
      && tail -n 1 '$OUT/logs/prepare_{}.log' || { tail -n 5 '$OUT/logs/prepare_{}.log'; exit 255; }"
 
 # The model's vocabulary and the end-of-document id come from the prepared data.
-read -r EOD VOCAB_SIZE < <(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); \
-print(s['eod_id'], s['vocab_size'])" "$OUT/data/zh_poetry.stats.json")
-COMMON=("model.vocab_size=$VOCAB_SIZE" "data.eod_token_id=$EOD")
+demo_data_overrides "$OUT/data"
 
 stage "4/8 base model: $BASE_STEPS steps on English + code only (ALMR 0) -> $OUT/base"
-run_logged "$OUT/logs/train_base.log" $CLI train "$RECIPE" "${COMMON[@]}" \
+run_logged "$OUT/logs/train_base.log" $CLI train "$RECIPE" "${DATA_OVERRIDES[@]}" \
     data.mixture.almr=0 "train.steps=$BASE_STEPS" "logging.run_dir=$OUT/base"
 grep -E "^\[megatron-cpt\] (done|step $BASE_STEPS/)" "$OUT/logs/train_base.log" || true
 BASE_CKPT="$OUT/base/checkpoints/$(cat "$OUT/base/checkpoints/latest")"
 
 stage "5/8 the CPT mixture, ALMR 0.33: requested vs realized token shares over all $CPT_STEPS steps"
-$CLI data inspect-mix "$RECIPE" "${COMMON[@]}" "train.steps=$CPT_STEPS" --tolerance 0.01 \
+$CLI data inspect-mix "$RECIPE" "${DATA_OVERRIDES[@]}" "train.steps=$CPT_STEPS" --tolerance 0.01 \
     | tee "$OUT/logs/inspect_mix.log"
 
 stage "6/8 continual pre-training from the base model: $CPT_STEPS steps, ALMR 0.33, TP=2 -> $OUT/run"
-run_logged "$OUT/logs/train_cpt.log" $CLI train "$RECIPE" "${COMMON[@]}" \
+run_logged "$OUT/logs/train_cpt.log" $CLI train "$RECIPE" "${DATA_OVERRIDES[@]}" \
     "train.steps=$CPT_STEPS" "checkpoint.pretrained=$BASE_CKPT" "logging.run_dir=$OUT/run"
 grep -E "^\[megatron-cpt\] done" "$OUT/logs/train_cpt.log" || true
 CKPT="$OUT/run/checkpoints/$(cat "$OUT/run/checkpoints/latest")"

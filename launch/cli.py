@@ -16,7 +16,6 @@ Nothing is written when a check fails.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -52,13 +51,6 @@ def register(verbs) -> None:
     p.set_defaults(func=run_slurm)
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def _check_memory(recipe, gpu_memory_gb: float, force: bool) -> None:
     from megatron_cpt.errors import UserError
     from megatron_cpt.profile.memory import GB, estimate_memory, format_estimate
@@ -79,6 +71,7 @@ def run_slurm(args) -> int:
     from megatron_cpt.config.recipe import load_recipe
     from megatron_cpt.data.mixture import resolve_mixture
     from megatron_cpt.errors import UserError
+    from megatron_cpt.files import write_atomic
     from megatron_cpt.launch.allocation import fit_to_allocation
     from megatron_cpt.launch.slurm import SlurmJob, render_sbatch, signal_lead_seconds, submit
     from megatron_cpt.runtime.quiet import quiet_known_warnings
@@ -115,9 +108,9 @@ def run_slurm(args) -> int:
     script = render_sbatch(recipe, str(recipe_path), job, source=args.recipe,
                            workdir=str(Path.cwd()))
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    write_atomic(recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     script_path = run_dir / "job.sbatch"
-    _atomic_write(script_path, script, mode=0o755)
+    write_atomic(script_path, script, mode=0o755)
     print(script_path)
     if args.submit:
         print(f"submitted job {submit(script_path)}")

@@ -1,10 +1,12 @@
 """``megatron-cpt almr``: the ALMR x learning-rate study (docs/ALMR.md).
 
-    megatron-cpt almr sweep examples/demo_llama3_tiny_cpt_2xcpu.yaml KEY=VALUE ... \\
-        --almr 0.1,0.2,0.33,0.5 --lr 1e-3,3e-3,1e-2 --tokens 100000 --out runs/almr_demo
+    megatron-cpt almr sweep examples/demo_llama3_tiny_cpt_2xcpu.yaml \\
+        checkpoint.pretrained=outputs/demo/base/checkpoints/step_000200 train.eval_interval=100 \\
+        --almr 0.1,0.2,0.33,0.5 --lr 1e-3,3e-3,1e-2 --tokens 102400 --out runs/almr_demo
     megatron-cpt almr sweep examples/llama3_8b_cpt_32xh100_fp8.yaml ... --almr ... --lr ... \\
         --slurm --partition gpu --time 12:00:00 --submit      # one Slurm job array
     megatron-cpt almr status runs/almr_demo
+    megatron-cpt almr reference runs/almr_demo/reference/recipe.yaml   # what the sweep runs first
     megatron-cpt almr fit runs/almr_demo --objective constrained --tolerance 0.02 --target-lr 1e-3
 
 A rerun of the same ``sweep`` command skips finished runs and resumes unfinished ones.
@@ -74,6 +76,13 @@ def register(verbs) -> None:
     slurm.add_argument("--submit", action="store_true", help="submit with sbatch")
     sweep.set_defaults(func=run_sweep_command)
 
+    reference = actions.add_parser(
+        "reference", help="evaluate the initial weights (checkpoint.pretrained) on the "
+                          "validation sets: a sweep's losses before CPT")
+    reference.add_argument("recipe", help="YAML recipe, e.g. SWEEP_DIR/reference/recipe.yaml")
+    reference.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    reference.set_defaults(func=reference_command)
+
     status = actions.add_parser("status", help="progress of each run of a sweep")
     status.add_argument("sweep_dir")
     status.set_defaults(func=status_command)
@@ -106,12 +115,9 @@ SLURM_ONLY = ("partition", "time", "account", "container_image", "container_moun
 def _slurm_launcher(args, plan):
     from megatron_cpt.almr.launchers import SlurmLauncher
     from megatron_cpt.config.recipe import recipe_from_dict
-    from megatron_cpt.data.mixture import resolve_mixture
     from megatron_cpt.launch.slurm import DEFAULT_LEAD_S, SlurmJob
 
     first = recipe_from_dict(next(r for r in plan.runs if r.kind == "train").recipe)
-    # The data once, here, before anything is written or submitted.
-    resolve_mixture(first.data, first.train, first.model.vocab_size)
     job = SlurmJob(partition=args.partition, time=args.time, nodes=first.launch.nodes,
                    gpus_per_node=first.launch.procs_per_node, account=args.account,
                    container_image=args.container_image, container_mounts=args.container_mounts,
@@ -125,9 +131,11 @@ def _slurm_launcher(args, plan):
 
 
 def run_sweep_command(args) -> int:
-    from megatron_cpt.almr.launchers import LocalLauncher
+    from megatron_cpt.almr.launchers import LocalLauncher, refuse_while_submitted
     from megatron_cpt.almr.sweep import plan_runs, run_sweep, write_plan
     from megatron_cpt.config.loader import apply_overrides, read_yaml
+    from megatron_cpt.config.recipe import recipe_from_dict
+    from megatron_cpt.train.startup import check_inputs
 
     if args.slurm:
         from megatron_cpt.launch.slurm import SlurmJob
@@ -143,14 +151,19 @@ def run_sweep_command(args) -> int:
     base = apply_overrides(read_yaml(args.recipe), list(args.overrides))
     out = args.out or f"runs/almr_{Path(args.recipe).stem}"
     plan = plan_runs(base, args.almr, args.lr, out, tokens=args.tokens, recipe_source=args.recipe)
+    # Once, before anything is written: the data every run reads and the initial weights every
+    # run starts from (the reference's recipe: it never saves a checkpoint to resume from).
+    check_inputs(recipe_from_dict(plan.runs[0].recipe))
+    launcher = None if args.plan_only else (
+        _slurm_launcher(args, plan) if args.slurm else LocalLauncher(progress=not args.no_progress))
+    if launcher is not None and (not args.slurm or args.submit):  # it starts or submits runs
+        refuse_while_submitted(out)
     print(f"sweep {out}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR + reference, "
           f"{plan.steps} steps x {plan.tokens_per_step:,} tokens = {plan.tokens:,} tokens per run",
           flush=True)
-    if args.plan_only:
+    if launcher is None:
         write_plan(plan)
         return 0
-    launcher = (_slurm_launcher(args, plan) if args.slurm
-                else LocalLauncher(progress=not args.no_progress))
     results = run_sweep(plan, launcher)
     for result in results:
         if result.status in ("failed", "submitted", "written"):
@@ -164,6 +177,20 @@ def run_sweep_command(args) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} runs finished; "
           f"next: megatron-cpt almr fit {out}")
     return 1 if failed else 0
+
+
+def reference_command(args) -> int:
+    from megatron_cpt.almr.reference import evaluate_initial_weights
+    from megatron_cpt.almr.sweep import require_initial_weights
+    from megatron_cpt.config.recipe import load_recipe
+    from megatron_cpt.train.startup import start_ranks
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    require_initial_weights(recipe.checkpoint)
+    return start_ranks(recipe, "megatron_cpt.almr.reference", [args.recipe, *args.overrides],
+                       lambda: evaluate_initial_weights(recipe) or 0,
+                       several_nodes="run it in a sweep's Slurm job array (`megatron-cpt almr "
+                                     "sweep ... --slurm`)")
 
 
 def status_command(args) -> int:

@@ -283,15 +283,18 @@ def fit(results: SweepResults, objective: Objective = Objective(),
     relations = _fit_relations(lrs[used], np.array([optima[i].almr for i in used]),
                                rep_almr[:, used], [optima[i].std for i in used])
     if len(used) == 2:
+        # Both relations pass through both points: their RMSEs differ by rounding only.
+        best = next(r for r in relations if r.model == "log-linear")
         warnings.append("2 learning rates in the relation: it is determined exactly, with no "
-                        "goodness of fit")
-    best = min(relations, key=lambda r: r.rmse)
+                        "goodness of fit, and the log-linear relation is used (both fit exactly)")
+    else:
+        best = min(relations, key=lambda r: r.rmse)
     if best.chi2_per_dof is not None and best.chi2_per_dof > 4:
         warnings.append(
             f"the optima scatter around the {best.model} relation {math.sqrt(best.chi2_per_dof):.1f}"
             f"x more than their bootstrap errors: run-to-run variation (data order) outweighs the "
             f"validation-batch noise that the intervals cover, so they understate the uncertainty")
-    recommendation = _recommend(optima, used, best, rep_almr, lrs, target_lr)
+    recommendation = _recommend(optima, used, best, rep_almr, lrs, target_lr, warnings)
     return AlmrFit(
         objective=objective, objective_text=objective.describe(additional, original),
         additional_language=additional, original_languages=original,
@@ -315,11 +318,18 @@ def _fit_relations(lrs: np.ndarray, almrs: np.ndarray, rep_almr: np.ndarray,
     return fits
 
 
-def _recommend(optima, used, best: RelationFit, rep_almr, lrs, target_lr) -> Recommendation:
+def _share(value: Optional[float]) -> Optional[float]:
+    """An ALMR (or a bound of its interval) clipped to [0, 1]."""
+    return None if value is None else min(1.0, max(0.0, value))
+
+
+def _recommend(optima, used, best: RelationFit, rep_almr, lrs, target_lr,
+               warnings: list[str]) -> Recommendation:
     if target_lr is None:
         # The swept learning rate whose optimum reaches the lowest objective: the joint choice.
         chosen = min((optima[i] for i in used), key=lambda o: o.value)
-        return Recommendation(lr=chosen.lr, almr=chosen.almr, low=chosen.low, high=chosen.high,
+        return Recommendation(lr=chosen.lr, almr=chosen.almr, low=_share(chosen.low),
+                              high=_share(chosen.high),
                               basis="the swept learning rate with the lowest objective at its "
                                     "optimal ALMR", extrapolated=False)
     if target_lr <= 0:
@@ -334,9 +344,14 @@ def _recommend(optima, used, best: RelationFit, rep_almr, lrs, target_lr) -> Rec
             predictions.append(float(predict(best.model, params, target_lr)))
     std = float(np.std(predictions, ddof=1)) if len(predictions) > 1 else None
     fitted = lrs[used]
+    if not 0.0 <= almr <= 1.0:
+        warnings.append(f"the {best.model} relation gives ALMR {almr:.3f} at lr {target_lr:g}, "
+                        f"outside [0, 1]: an extrapolation beyond the grid; clipped to "
+                        f"{_share(almr):g}")
     return Recommendation(
-        lr=float(target_lr), almr=almr,
-        low=None if std is None else almr - std, high=None if std is None else almr + std,
+        lr=float(target_lr), almr=_share(almr),
+        low=None if std is None else _share(almr - std),
+        high=None if std is None else _share(almr + std),
         basis=f"the {best.model} relation ({best.formula}) at the target learning rate",
         extrapolated=not fitted.min() <= target_lr <= fitted.max())
 
@@ -358,7 +373,11 @@ def format_fit(result: AlmrFit) -> str:
         lines.append(f"{r.model:>10}: {r.formula}: {params}; R^2 {r.r2:.3f}, RMSE {r.rmse:.4f}"
                      f"{chi2}{mark}")
     rec = result.recommendation
-    interval = f" (+- {rec.high - rec.almr:.3f})" if rec.low is not None else ""
+    interval = ""
+    if rec.low is not None and 0 < rec.low and rec.high < 1:
+        interval = f" (+- {rec.high - rec.almr:.3f})"
+    elif rec.low is not None:  # clipped to [0, 1]
+        interval = f" (1 sd: {rec.low:.3f} to {rec.high:.3f})"
     lines.append(f"recommended: ALMR {rec.almr:.3f}{interval} at LR {rec.lr:.3g}: {rec.basis}"
                  + ("; EXTRAPOLATED beyond the swept learning rates" if rec.extrapolated else ""))
     lines.extend(f"warning: {w}" for w in result.warnings)

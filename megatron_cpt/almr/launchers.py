@@ -3,7 +3,6 @@ on this machine one after another; the Slurm one submits them as one job array."
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -13,8 +12,10 @@ from typing import Optional, Sequence
 
 from megatron_cpt.almr.sweep import RECIPE, LaunchResult, PlannedRun, SweepPlan, run_state
 from megatron_cpt.errors import UserError
+from megatron_cpt.files import write_atomic
 
 _UNSAFE = re.compile(r'[\s"$`\\]')
+JOB_FILE = "slurm_job_id"  # in the sweep directory: the job array last submitted
 
 
 class LocalLauncher:
@@ -81,13 +82,48 @@ class SlurmLauncher:
     def launch(self, plan: SweepPlan, runs: Sequence[PlannedRun]) -> list[LaunchResult]:
         from megatron_cpt.launch.slurm import submit
 
-        path = Path(plan.sweep_dir) / "sweep.sbatch"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(self.render(plan, runs))
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        path = write_atomic(Path(plan.sweep_dir) / "sweep.sbatch", self.render(plan, runs),
+                            mode=0o755)
         if not self.submit:
             return [LaunchResult(r.name, "written", f"task {i} of {path}")
                     for i, r in enumerate(runs)]
         job_id = submit(path)
+        write_atomic(Path(plan.sweep_dir) / JOB_FILE, job_id + "\n")
         return [LaunchResult(r.name, "submitted", f"job {job_id}_{i}") for i, r in enumerate(runs)]
+
+
+def listed_by_squeue(returncode: int, stdout: str, stderr: str) -> Optional[bool]:
+    """What ``squeue -h -j JOB`` says: True while the job (any task of an array) is pending or
+    running, False once it has ended (no line; or, after slurmctld forgot it, "Invalid job id"),
+    None when it cannot tell (slurmctld unreachable, ...)."""
+    if returncode == 0:
+        return bool(stdout.strip())
+    if "invalid job id" in stderr.lower():
+        return False
+    return None
+
+
+def refuse_while_submitted(sweep_dir: str | Path) -> None:
+    """Refuse to start or submit runs of a sweep whose submitted job array is still queued or
+    running: its tasks would train in the same run directories."""
+    path = Path(sweep_dir) / JOB_FILE
+    if not path.is_file():
+        return
+    job = path.read_text().strip()
+    undo = f"rerun where squeue works, or remove {path} once job {job} has ended"
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True,
+                              timeout=60)
+    except FileNotFoundError:
+        raise UserError(f"{path}: this sweep was submitted as Slurm job {job}, and squeue is not "
+                        f"on PATH to tell whether it is still queued or running; {undo}") from None
+    except subprocess.TimeoutExpired:
+        proc = subprocess.CompletedProcess([], 1, "", "no answer in 60 s")
+    listed = listed_by_squeue(proc.returncode, proc.stdout, proc.stderr)
+    if listed is None:
+        said = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise UserError(f"{path}: cannot tell whether Slurm job {job} of this sweep is still "
+                        f"queued or running (squeue: {said}); {undo}")
+    if listed:
+        raise UserError(f"{path}: Slurm job {job} of this sweep is still queued or running "
+                        f"(squeue -j {job}); rerun when it has ended, or scancel {job} first")

@@ -2,7 +2,8 @@
 
 - ``heatmap_<language>.png``: final validation loss over the ALMR x LR grid, one per language;
 - ``curves.png``: each language's loss and the objective against the ALMR, per LR, with the
-  interpolating quadratics, the pre-CPT losses and the optimum;
+  shape-preserving (PCHIP) interpolation between the swept ALMRs, the pre-CPT losses and the
+  optimum;
 - ``relation.png``: the best ALMR against the LR with its bootstrap interval and both fitted
   relations (and the target LR's recommendation).
 """

@@ -1,10 +1,10 @@
 """The pre-CPT reference of an ALMR sweep: evaluate the initial weights (``checkpoint.pretrained``)
 on the validation sets, without training, and record them as step 0 of ``metrics.jsonl``.
 
-    python -m megatron_cpt.almr.reference SWEEP_DIR/reference/recipe.yaml
+    megatron-cpt almr reference SWEEP_DIR/reference/recipe.yaml
 
-Outside a distributed job it starts ``launch.procs_per_node`` local ranks itself, like
-``megatron-cpt train``; inside one (torchrun sets ``WORLD_SIZE``/``RANK``) it is the rank.
+That command checks and starts the ranks like ``megatron-cpt train`` (``train/startup.py``); each
+rank runs ``python -m megatron_cpt.almr.reference RECIPE`` (this module's ``main``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 
 from megatron_cpt.config.recipe import Recipe, load_recipe
-from megatron_cpt.errors import UserError
 
 
 def evaluate_initial_weights(recipe: Recipe) -> None:
@@ -34,30 +33,13 @@ def evaluate_initial_weights(recipe: Recipe) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from megatron_cpt.data.mixture import resolve_mixture
+    """One rank, started by ``megatron-cpt almr reference`` (which checks the recipe, the data and
+    the initial weights first) or by a sweep's batch script."""
     from megatron_cpt.launch.environment import adopt_slurm_rank_environment
-    from megatron_cpt.launch.local import inside_distributed_job, run_local, run_rank
-    from megatron_cpt.runtime.quiet import quiet_known_warnings
+    from megatron_cpt.launch.local import run_rank
 
-    quiet_known_warnings()
     adopt_slurm_rank_environment()  # one Slurm task per GPU (a sweep's job array)
-    try:
-        recipe = load_recipe(argv[0], argv[1:])
-        if not inside_distributed_job():
-            resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size)
-            if recipe.launch.nodes != 1:
-                raise UserError(f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one "
-                                f"shell; run the sweep through a batch system")
-    except (UserError, FileNotFoundError) as exc:
-        print(f"megatron-cpt almr: error: {exc}", file=sys.stderr)
-        return 2
-    if inside_distributed_job():
-        return run_rank(lambda: evaluate_initial_weights(recipe) or 0, "almr")
-    try:
-        return run_local("megatron_cpt.almr.reference", argv, recipe.launch.procs_per_node)
-    except UserError as exc:  # raised in a rank, reported once
-        print(f"megatron-cpt almr: error: {exc}", file=sys.stderr)
-        return 2
+    return run_rank(lambda: evaluate_initial_weights(load_recipe(argv[0], argv[1:])) or 0, "almr")
 
 
 if __name__ == "__main__":

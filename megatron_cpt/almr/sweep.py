@@ -23,16 +23,19 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Protocol, Sequence
 
 import yaml
 
+from megatron_cpt.config.checkpoint import CheckpointConfig
+from megatron_cpt.config.loader import set_dotted
 from megatron_cpt.config.recipe import recipe_from_dict
 from megatron_cpt.errors import ConfigError, UserError
+from megatron_cpt.files import write_atomic
 from megatron_cpt.train.metrics import LANGUAGE_LOSS, read_metrics
+from megatron_cpt.train.progress_log import read_starts
 
 MANIFEST = "sweep.json"
 RECIPE = "recipe.yaml"
@@ -57,7 +60,7 @@ class PlannedRun:
         """Arguments after ``python`` that start this run's ranks on this machine."""
         if self.kind == "train":
             return ["-m", "megatron_cpt", "train", str(recipe_path)]
-        return ["-m", "megatron_cpt.almr.reference", str(recipe_path)]
+        return ["-m", "megatron_cpt", "almr", "reference", str(recipe_path)]
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,13 @@ def _check_values(values: Sequence[float], option: str, valid, expected: str) ->
     return tuple(sorted(float(v) for v in values))
 
 
-def _set(tree: dict, dotted: str, value) -> None:
-    *sections, leaf = dotted.split(".")
-    for section in sections:
-        tree = tree.setdefault(section, {})
-    tree[leaf] = value
+def require_initial_weights(checkpoint: CheckpointConfig) -> None:
+    """A sweep (and its reference) starts from ``checkpoint.pretrained``: from random weights the
+    reference losses are those of noise, and the constrained objective compares with them."""
+    if not checkpoint.pretrained:
+        raise ConfigError("checkpoint.pretrained: the ALMR sweep continues pre-training from initial "
+                          "weights and compares with their losses (the reference run); set "
+                          "checkpoint.pretrained=CKPT")
 
 
 def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_dir: str,
@@ -129,6 +134,7 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
     if mixture is None:
         raise ConfigError("data.mixture: the ALMR sweep varies data.mixture.almr, but the recipe "
                           "names its data with data.paths")
+    require_initial_weights(recipe.checkpoint)
     if recipe.checkpoint.dir is not None:
         raise ConfigError("checkpoint.dir: each sweep run keeps its checkpoints in its own run "
                           "directory; leave checkpoint.dir unset (override: checkpoint.dir=null)")
@@ -153,13 +159,14 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
 
     def resolve(name: str, kind: str, almr: float, lr: float) -> PlannedRun:
         tree = copy.deepcopy(base)
-        scale = lr / optim.lr
+        # The ratio to optim.lr, never above lr itself (rounding would break min_lr == lr).
         for key, value in (("data.mixture.almr", almr), ("optim.lr", lr),
-                           ("optim.min_lr", optim.min_lr * scale),
-                           ("optim.schedule.init_lr", optim.schedule.init_lr * scale),
+                           ("optim.min_lr", min(lr, optim.min_lr / optim.lr * lr)),
+                           ("optim.schedule.init_lr",
+                            min(lr, optim.schedule.init_lr / optim.lr * lr)),
                            ("train.steps", steps),
                            ("logging.run_dir", str(Path(sweep_dir) / name))):
-            _set(tree, key, value)
+            set_dotted(tree, key, value)
         try:
             resolved = recipe_from_dict(tree).validate()
         except ConfigError as exc:
@@ -176,29 +183,30 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
                      runs=tuple(runs))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _recipe_text(run: PlannedRun) -> str:
     return yaml.safe_dump(run.recipe, sort_keys=False)
 
 
+GROWING = ("almrs", "lrs", "runs")  # a rerun may add to these, never drop from them
+
+
 def write_plan(plan: SweepPlan) -> None:
-    """Write the manifest and each run's recipe; an existing sweep directory must hold this very
-    plan (a rerun resumes it) and is never rewritten."""
+    """Write the manifest and each run's recipe. An existing sweep directory must hold this plan
+    (a rerun resumes it) or a part of it: a grid widened by more ALMRs or learning rates gets the
+    new runs and a new manifest; the recipes of existing runs are never rewritten."""
     sweep_dir = Path(plan.sweep_dir)
     manifest_path = sweep_dir / MANIFEST
-    if manifest_path.is_file():
-        existing, planned = json.loads(manifest_path.read_text()), plan.manifest()
+    planned = plan.manifest()
+    existing = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if existing is not None:
         # The recipe's path may be spelled differently; its content is compared run by run below.
-        differs = sorted(k for k in set(existing) | set(planned)
-                         if k != "recipe" and existing.get(k) != planned.get(k))
-        if differs:
-            raise UserError(f"{manifest_path}: holds a different sweep ({', '.join(differs)} "
-                            f"differ); use a new sweep directory")
+        fixed = sorted(k for k in set(existing) | set(planned) if k not in ("recipe", *GROWING)
+                       and existing.get(k) != planned.get(k))
+        dropped = [k for k in GROWING if any(v not in planned[k] for v in existing.get(k, []))]
+        if fixed or dropped:
+            raise UserError(f"{manifest_path}: holds a different sweep ({', '.join(fixed + dropped)}"
+                            f" differ; a rerun may only add ALMRs or learning rates); use a new "
+                            f"sweep directory")
     for run in plan.runs:
         path = plan.run_dir(run) / RECIPE
         if path.is_file() and path.read_text() != _recipe_text(run):
@@ -208,9 +216,9 @@ def write_plan(plan: SweepPlan) -> None:
         plan.run_dir(run).mkdir(parents=True, exist_ok=True)
         path = plan.run_dir(run) / RECIPE
         if not path.is_file():
-            _write_atomic(path, _recipe_text(run))
-    if not manifest_path.is_file():
-        _write_atomic(manifest_path, json.dumps(plan.manifest(), indent=2) + "\n")
+            write_atomic(path, _recipe_text(run))
+    if existing is None or any(existing.get(k) != planned[k] for k in GROWING):
+        write_atomic(manifest_path, json.dumps(planned, indent=2) + "\n")
 
 
 def read_plan(sweep_dir: str | Path) -> SweepPlan:
@@ -252,18 +260,19 @@ class RunState:
 
 
 def run_state(run_dir: Path, final_step: int) -> RunState:
-    """``done`` (the final evaluation is recorded), ``diverged`` (stopped on a non-finite loss:
-    rerunning it would diverge again), ``partial`` (resumable) or ``pending``."""
+    """``done`` (the final evaluation is recorded), ``diverged`` (its last start ended on a
+    non-finite loss, ``progress.jsonl``: rerunning it would diverge again), ``partial``
+    (resumable) or ``pending``."""
+    starts = read_starts(run_dir)
+    if starts and starts[-1].ended == "nonfinite":
+        return RunState("diverged", starts[-1].last_step, None)
     if not (Path(run_dir) / "metrics.jsonl").is_file():
         return RunState("pending", 0, None)
     records = read_metrics(run_dir)
     for record in reversed(records):
         if record.get("step") == final_step and any(k.startswith(LANGUAGE_LOSS) for k in record):
             return RunState("done", final_step, record)
-    last = records[-1] if records else {}
-    if last.get("skipped") and last.get("loss") is None:
-        return RunState("diverged", last["step"], None)
-    return RunState("partial", last.get("step", 0), None)
+    return RunState("partial", records[-1].get("step", 0) if records else 0, None)
 
 
 @dataclass(frozen=True)

@@ -31,18 +31,23 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """``tree["optim"]["schedule"]["init_lr"] = value`` for ``key`` ``"optim.schedule.init_lr"``,
+    creating sections as needed."""
+    node = tree
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: '{'.'.join(parts[:depth + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     """Set each dotted ``KEY=VALUE`` in a nested dict, creating sections as needed."""
     for text in overrides:
-        key, value = parse_override(text)
-        node = tree
-        parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{key}': '{'.'.join(parts[:depth + 1])}' is not a section")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(tree, *parse_override(text))
     return tree
 
 

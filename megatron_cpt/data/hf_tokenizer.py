@@ -72,11 +72,19 @@ def check_same_ids(model_path: Path, hf_dir: Path, texts: list[str], where: Path
     expected = processor.Encode(texts)
     got = hf(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     for text, want, have in zip(texts, expected, got):
-        if want != have or hf.decode(have) != text:
+        if want != have:
             at = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b),
                       min(len(want), len(have)))
             raise UserError(
                 f"{where}: transformers' conversion of the tokenizer encodes {text[:40]!r} differently from "
                 f"sentencepiece (from token {at}: {want[at:at + 5]} vs {have[at:at + 5]}); "
                 f"no tokenizer.json written")
+        decoded = hf.decode(have)
+        if decoded != text:
+            at = next((i for i, (a, b) in enumerate(zip(text, decoded)) if a != b),
+                      min(len(text), len(decoded)))
+            raise UserError(
+                f"{where}: transformers' conversion of the tokenizer encodes {text[:40]!r} to the "
+                f"same ids as sentencepiece but decodes them to {decoded[:40]!r} (from character "
+                f"{at}: {text[at:at + 10]!r} vs {decoded[at:at + 10]!r}); no tokenizer.json written")
     return len(texts)

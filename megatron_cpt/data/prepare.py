@@ -30,6 +30,7 @@ from megatron_cpt.errors import UserError
 from megatron_cpt.data.documents import (InputFile, RawChunk, decode_record, find_input_files,
                                          read_raw_chunks)
 from megatron_cpt.data.tokenizers import Tokenizer, load_tokenizer
+from megatron_cpt.files import write_atomic
 
 # Megatron's rule (DType.optimal_dtype): 2-byte ids while the vocabulary fits comfortably.
 UINT16_VOCAB_LIMIT = 65500
@@ -244,6 +245,4 @@ def _add_chunk(builder, chunk: EncodedChunk, stats: PrepareStats) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

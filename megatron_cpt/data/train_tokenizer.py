@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +23,7 @@ from megatron_cpt.errors import UserError
 from megatron_cpt.data.documents import decode_record, find_input_files, read_raw_chunks
 from megatron_cpt.data.hf_tokenizer import write_hf_tokenizer
 from megatron_cpt.data.tokenizers import EOD_TEXT, load_tokenizer
+from megatron_cpt.files import write_atomic
 
 MODEL_NAME = "tokenizer"
 # sentencepiece skips longer training lines (bytes); long code lines and poems fit.
@@ -108,9 +108,9 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
     out.mkdir(parents=True, exist_ok=True)
     # The transformers files are converted and checked before the model is written.
     checked = write_hf_tokenizer(model.getvalue(), out, lines.samples)
-    _write_atomic(model_path, model.getvalue())
-    _write_atomic(out / f"{MODEL_NAME}.vocab",
-                  "".join(f"{p.piece}\t{p.score:g}\n" for p in proto.pieces).encode("utf-8"))
+    write_atomic(model_path, model.getvalue())
+    write_atomic(out / f"{MODEL_NAME}.vocab",
+                 "".join(f"{p.piece}\t{p.score:g}\n" for p in proto.pieces).encode("utf-8"))
     tokenizer = load_tokenizer(f"sp:{model_path}")
     info = {"tokenizer": f"sp:{model_path}", "type": "sentencepiece-bpe",
             "vocab_size": tokenizer.vocab_size, "eod_id": tokenizer.eod_id, "eod": EOD_TEXT,
@@ -118,11 +118,5 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
             "training_docs": lines.docs, "training_lines": lines.lines, "threads": threads,
             "hf_tokenizer": str(out), "hf_ids_checked_texts": checked,
             "inputs": [str(p) for p in inputs]}
-    _write_atomic(out / "tokenizer_info.json", (json.dumps(info, indent=2) + "\n").encode())
+    write_atomic(out / "tokenizer_info.json", (json.dumps(info, indent=2) + "\n").encode())
     return info
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -27,30 +27,13 @@ def register(verbs) -> None:
 
 def run(args) -> int:
     from megatron_cpt.config.recipe import load_recipe
-    from megatron_cpt.data.mixture import resolve_mixture
-    from megatron_cpt.launch.local import inside_distributed_job, run_local
+    from megatron_cpt.train.startup import start_ranks
+    from megatron_cpt.train.worker import train_this_rank
 
     recipe = load_recipe(args.recipe, args.overrides)  # errors name the field; nothing written yet
-    # The data files too (present, non-empty, ids match the model) before any rank or run dir.
-    resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
-                    with_validation=recipe.train.eval_interval > 0)
-    # And the initial weights (or the checkpoint to resume from): present, whole, of this model.
-    from megatron_cpt.model.specs import resolve_attention_backend
-    from megatron_cpt.train.checkpoint import check_checkpoints_before_start
-    from megatron_cpt.train.state import checkpoint_dir
-
-    check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
-    resolve_attention_backend(recipe.model.attention_backend)  # a broken TE install, said once
-    if inside_distributed_job():
-        from megatron_cpt.train.worker import train_this_rank
-
-        return train_this_rank(recipe)
-    if recipe.launch.nodes != 1:
-        from megatron_cpt.errors import UserError
-
-        raise UserError(
-            f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; submit a "
-            f"Slurm job with `megatron-cpt launch slurm {args.recipe} --partition P --time "
-            f"HH:MM:SS --submit` (docs/LAUNCH.md)")
-    return run_local("megatron_cpt.train.worker", [args.recipe, *args.overrides],
-                     recipe.launch.procs_per_node, run_dir=recipe.logging.run_dir)
+    return start_ranks(
+        recipe, "megatron_cpt.train.worker", [args.recipe, *args.overrides],
+        lambda: train_this_rank(recipe),
+        several_nodes=f"submit a Slurm job with `megatron-cpt launch slurm {args.recipe} "
+                      f"--partition P --time HH:MM:SS --submit` (docs/LAUNCH.md)",
+        run_dir=recipe.logging.run_dir)

@@ -5,14 +5,23 @@ writes nothing."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from checkpoint_fixtures import write_checkpoint_stub
 from megatron_cpt.almr.sweep import plan_runs, write_plan
+from megatron_cpt.config.loader import apply_overrides, read_yaml
+from megatron_cpt.config.recipe import load_recipe
+from mixture_fixtures import mixture_overrides, write_two_language_mixture
 from test_almr_sweep import RecordingLauncher, _base
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -28,6 +37,21 @@ def sweep_dir(tmp_path_factory) -> Path:
     write_plan(plan)
     RecordingLauncher().launch(plan, plan.runs)
     return Path(plan.sweep_dir)
+
+
+@pytest.mark.parametrize("source", ["megatron_cpt/almr/cli.py", "docs/ALMR.md"])
+def test_the_documented_demo_sweep_plans(source):
+    from megatron_cpt.almr import cli
+    from megatron_cpt.cli import build_parser
+
+    text = cli.__doc__ if source.endswith(".py") else (REPO / source).read_text()
+    joined = re.sub(r"\\\s*\n\s*", " ", text)  # continuation lines
+    [command] = [line.split("megatron-cpt ", 1)[1] for line in joined.splitlines()
+                 if "megatron-cpt almr sweep examples/demo_" in line]
+    args = build_parser("almr").parse_args(shlex.split(command))
+    base = apply_overrides(read_yaml(REPO / args.recipe), args.overrides)
+    plan = plan_runs(base, args.almr, args.lr, args.out, tokens=args.tokens)
+    assert plan.steps == 100 and plan.tokens == args.tokens
 
 
 def test_status_lists_every_run(sweep_dir):
@@ -83,3 +107,33 @@ def test_sweep_refuses_a_recipe_without_a_mixture(tmp_path):
     assert proc.stderr.strip() == ("megatron-cpt almr: error: data.mixture: the ALMR sweep varies "
                                    "data.mixture.almr, but the recipe names its data with data.paths")
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("launcher", [[], ["--slurm", "--partition", "cpu", "--time", "01:00:00"]])
+def test_sweep_checks_data_and_initial_weights_once_before_writing(tmp_path, capsys, launcher):
+    from megatron_cpt.cli import main
+
+    mixture = write_two_language_mixture(tmp_path)
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
+    init = write_checkpoint_stub(tmp_path / "init", load_recipe(recipe).model)
+    sweep = tmp_path / "sweep"
+
+    def sweep_error(*overrides: str) -> str:
+        args = ["almr", "sweep", str(recipe), *mixture_overrides(mixture, [
+            "train.eval_interval=10", "data.split=80,20,0", *overrides]), "--almr", "0.1,0.3,0.5",
+                "--lr", "1e-3,3e-3", "--tokens", "10240", "--out", str(sweep), *launcher]
+        assert main(args) == 2
+        assert not sweep.exists()
+        [line] = capsys.readouterr().err.splitlines()
+        return line
+
+    assert sweep_error() == (
+        "megatron-cpt almr: error: checkpoint.pretrained: the ALMR sweep continues pre-training "
+        "from initial weights and compares with their losses (the reference run); set "
+        "checkpoint.pretrained=CKPT")
+    assert sweep_error(f"checkpoint.pretrained={tmp_path}/missing") == (
+        f"megatron-cpt almr: error: checkpoint '{tmp_path}/missing': no such directory")
+    (tmp_path / "en_a.bin").unlink()
+    assert sweep_error(f"checkpoint.pretrained={init}").startswith(
+        f"megatron-cpt almr: error: data.mixture.sources[1].prefix: '{tmp_path}/en_a.bin' does "
+        f"not exist")

@@ -21,6 +21,7 @@ was 0.048, the largest slope error 14% and 2.7 sd.)
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -118,6 +119,35 @@ def test_the_fit_is_deterministic_and_recommends_at_a_target_lr():
     assert not inside.extrapolated and abs(inside.almr - log_linear(3e-4)) < 0.02
     text = format_fit(first)
     assert "recommended: ALMR" in text and "EXTRAPOLATED" in text and "+- " in text
+
+
+@pytest.mark.parametrize("target_lr, clipped", [(1e-12, 0.0), (100.0, 1.0)])
+def test_a_recommendation_outside_0_1_is_clipped_with_a_warning(target_lr, clipped):
+    # log_linear gives -0.48 at 1e-12 and 1.13 at 100: far beyond the swept learning rates.
+    result = fit(synthetic(log_linear, "weighted", noise=0.01, seed=5), OBJECTIVES["weighted"],
+                 target_lr=target_lr, bootstrap=50)
+    rec = result.recommendation
+    assert rec.extrapolated and rec.almr == clipped
+    assert 0.0 <= rec.low <= rec.almr <= rec.high <= 1.0
+    [warning] = [w for w in result.warnings if "outside [0, 1]" in w]
+    given = re.match(r"the log-linear relation gives ALMR (\S+) at lr (\S+), outside \[0, 1\]: an "
+                     r"extrapolation beyond the grid; clipped to (\S+)$", warning)
+    assert given, warning
+    assert float(given[1]) == pytest.approx(log_linear(target_lr), abs=0.1)
+    assert float(given[2]) == target_lr and float(given[3]) == clipped
+    assert f"recommended: ALMR {clipped:.3f} (1 sd: " in format_fit(result)
+
+
+def test_two_learning_rates_use_the_log_linear_relation():
+    # Noise-free power-law optima: both relations pass through both points; by rounding alone
+    # the power law has the lower RMSE here.
+    result = fit(synthetic(power_law, "weighted", noise=0.0, lrs=[2e-5, 1e-3]),
+                 OBJECTIVES["weighted"], bootstrap=0)
+    assert {r.model for r in result.relations} == {"log-linear", "power-law"}
+    assert all(r.dof == 0 and r.rmse < 1e-12 for r in result.relations)
+    assert result.best_model == "log-linear"
+    assert any(w.startswith("2 learning rates in the relation") and "log-linear" in w
+               for w in result.warnings)
 
 
 def test_without_a_target_the_lowest_objective_learning_rate_is_recommended():

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from megatron_cpt.almr.launchers import SlurmLauncher
+from checkpoint_fixtures import write_checkpoint_stub
+from megatron_cpt.almr.launchers import SlurmLauncher, listed_by_squeue, refuse_while_submitted
 from megatron_cpt.almr.sweep import plan_runs, write_plan
+from megatron_cpt.config.recipe import load_recipe
+from megatron_cpt.errors import UserError
 from megatron_cpt.launch.slurm import SlurmJob
 from mixture_fixtures import mixture_overrides, write_two_language_mixture
 from shellcheck_fixture import assert_shellcheck_clean
@@ -78,7 +81,9 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_sweep_cli_writes_the_array_script(tmp_path):
     mixture = write_two_language_mixture(tmp_path)
     recipe = Path(__file__).resolve().parents[2] / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
-    overrides = mixture_overrides(mixture, ["train.eval_interval=10", "data.split=80,20,0"])
+    init = write_checkpoint_stub(tmp_path / "init", load_recipe(recipe).model)
+    overrides = mixture_overrides(mixture, ["train.eval_interval=10", "data.split=80,20,0",
+                                            f"checkpoint.pretrained={init}"])
     args = ["sweep", str(recipe), *overrides, "--almr", "0.1,0.3,0.5", "--lr", "1e-3,3e-3",
             "--tokens", str(10 * 8 * 128), "--out", "sweep"]
     proc = _cli(*args, "--partition", "gpu", cwd=tmp_path)
@@ -95,3 +100,51 @@ def test_sweep_cli_writes_the_array_script(tmp_path):
     text = (tmp_path / "sweep" / "sweep.sbatch").read_text()
     assert "#SBATCH --partition=cpu" in text and "#SBATCH --array=0-6\n" in text
     assert (tmp_path / "sweep" / "almr0.5_lr0.003" / "recipe.yaml").is_file()
+
+
+@pytest.mark.parametrize("returncode, stdout, stderr, listed", [
+    (0, "4711_[3-6]  gpu  sweep  me PD 0:00 1 (Priority)\n", "", True),
+    (0, "4711_2  gpu  sweep  me R 1:02 1 node1\n", "", True),
+    (0, "", "", False),  # ended, still known to slurmctld
+    (1, "", "slurm_load_jobs error: Invalid job id specified\n", False),  # ended, forgotten
+    (1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n", None),
+])
+def test_squeue_answers(returncode, stdout, stderr, listed):
+    assert listed_by_squeue(returncode, stdout, stderr) is listed
+
+
+def _fake(bin_dir: Path, name: str, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+
+
+def test_a_submitted_sweep_is_not_submitted_again_while_squeue_lists_it(tmp_path, monkeypatch):
+    plan = _plan(str(tmp_path / "sweep"))
+    write_plan(plan)
+    bin_dir = tmp_path / "bin"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    _fake(bin_dir, "sbatch", 'echo "4711;cluster"\n')
+    results = SlurmLauncher(JOB, submit=True).launch(plan, plan.runs)
+    assert results[-1].detail == "job 4711_6"
+    job_file = tmp_path / "sweep" / "slurm_job_id"
+    assert job_file.read_text() == "4711\n"
+
+    _fake(bin_dir, "squeue", '[ "$*" = "-h -j 4711" ] && echo "4711_[3-6] gpu sweep me PD"\n')
+    with pytest.raises(UserError, match=rf"^{job_file}: Slurm job 4711 of this sweep is still "
+                                        rf"queued or running \(squeue -j 4711\); rerun when it "
+                                        rf"has ended, or scancel 4711 first$"):
+        refuse_while_submitted(plan.sweep_dir)
+    _fake(bin_dir, "squeue", "exit 0\n")  # ended
+    refuse_while_submitted(plan.sweep_dir)
+    _fake(bin_dir, "squeue", 'echo "squeue: error: Unable to contact slurm controller" >&2\n'
+                             "exit 1\n")
+    with pytest.raises(UserError, match=r"cannot tell whether Slurm job 4711 of this sweep is "
+                                        r"still queued or running \(squeue: squeue: error: Unable"):
+        refuse_while_submitted(plan.sweep_dir)
+    (bin_dir / "squeue").unlink()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(UserError, match=r"squeue is not on PATH to tell whether it is still "
+                                        r"queued or running; rerun where squeue works, or remove"):
+        refuse_while_submitted(plan.sweep_dir)

@@ -11,11 +11,12 @@ import pytest
 
 from megatron_cpt.almr.fit import collect, fit
 from megatron_cpt.almr.objective import Objective
-from megatron_cpt.almr.sweep import (LaunchResult, plan_runs, read_plan, run_state, run_sweep,
-                                     write_plan)
+from megatron_cpt.almr.sweep import (LaunchResult, RunState, plan_runs, read_plan, run_state,
+                                     run_sweep, write_plan)
 from megatron_cpt.config.loader import apply_overrides, read_yaml
 from megatron_cpt.config.recipe import load_recipe
 from megatron_cpt.errors import ConfigError, UserError
+from megatron_cpt.train.progress_log import record_end, record_start
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo_llama3_tiny_cpt_2xcpu.yaml"
@@ -23,7 +24,9 @@ ALMRS, LRS = [0.5, 0.1, 0.33], [3e-3, 1e-3]
 
 
 def _base(*overrides: str) -> dict:
-    return apply_overrides(read_yaml(DEMO), ["train.eval_interval=10", *overrides])
+    # The initial weights are only named: nothing here starts a run.
+    return apply_overrides(read_yaml(DEMO), ["train.eval_interval=10",
+                                             "checkpoint.pretrained=/checkpoints/base", *overrides])
 
 
 def _plan(tmp_path: Path, base: dict | None = None, **kwargs):
@@ -60,6 +63,16 @@ def test_every_point_differs_only_in_almr_and_lr_with_an_equal_token_budget(tmp_
         assert differs <= {"data.mixture.almr", "optim.lr", "optim.min_lr", "logging.run_dir"}
 
 
+def test_a_constant_schedule_keeps_min_lr_and_init_lr_equal_to_each_lr(tmp_path):
+    # 2e-5 * (7e-4 / 2e-5) rounds to 7.000000000000001e-4, above the lr itself.
+    base = _base("optim.lr=2e-5", "optim.min_lr=2e-5", "optim.schedule.init_lr=2e-5",
+                 "optim.schedule.decay_style=constant")
+    plan = plan_runs(base, ALMRS, [7e-4, 3e-3], str(tmp_path / "sweep"), tokens=10 * 1024)
+    for run in plan.runs[1:]:
+        optim = run.recipe["optim"]
+        assert optim["min_lr"] == optim["schedule"]["init_lr"] == optim["lr"] == run.lr
+
+
 def test_tokens_must_give_an_evaluated_last_step(tmp_path):
     with pytest.raises(ConfigError, match=r"^train.eval_interval: 10 must divide the sweep's "
                                           r"train.steps 49 .*train.eval_interval=49\)$"):
@@ -72,6 +85,8 @@ def test_tokens_must_give_an_evaluated_last_step(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("checkpoint.dir=/tmp/shared", "^checkpoint.dir: each sweep run keeps its checkpoints"),
     ("train.stop_at_step=5", "^train.stop_at_step: every sweep run trains to train.steps"),
+    ("checkpoint.pretrained=null", r"^checkpoint.pretrained: the ALMR sweep continues pre-training "
+                                   r"from initial weights .*; set checkpoint.pretrained=CKPT$"),
     ("optim.lr=-1", r"^optim.lr: must be positive, got -1.0$"),
 ])
 def test_recipe_errors_name_the_field(tmp_path, override, message):
@@ -97,8 +112,12 @@ def test_written_recipes_load_back_and_a_different_rerun_is_refused(tmp_path):
         assert load_recipe(path).to_dict() == run.recipe
     assert read_plan(plan.sweep_dir) == plan
     other = plan_runs(_base(), [0.1, 0.2, 0.33], LRS, plan.sweep_dir, tokens=50 * 1024)
-    with pytest.raises(UserError, match=r"sweep.json: holds a different sweep \(almrs, runs differ\)"):
+    with pytest.raises(UserError, match=r"sweep.json: holds a different sweep \(almrs, runs differ; "
+                                        r"a rerun may only add ALMRs or learning rates\)"):
         write_plan(other)
+    longer = plan_runs(_base(), ALMRS, LRS, plan.sweep_dir, tokens=60 * 1024)
+    with pytest.raises(UserError, match=r"holds a different sweep \(steps, tokens differ; "):
+        write_plan(longer)
     changed = plan_runs(_base("train.seed=7"), ALMRS, LRS, plan.sweep_dir, tokens=50 * 1024)
     with pytest.raises(UserError, match=r"reference/recipe.yaml: differs from the recipe"):
         write_plan(changed)
@@ -165,6 +184,25 @@ def test_run_sweep_skips_finished_points_and_resumes_the_rest(tmp_path):
     assert result.reference == {"zh": 8.0, "en": 5.0, "code": 5.0}
 
 
+def test_a_widened_grid_keeps_the_finished_runs_and_runs_only_the_new_points(tmp_path):
+    plan = _plan(tmp_path, tokens=10 * 1024)
+    run_sweep(plan, RecordingLauncher())
+    wider = plan_runs(_base(), [0.05, *ALMRS, 0.7], [*LRS, 1e-2], plan.sweep_dir,
+                      tokens=10 * 1024)
+    launcher = RecordingLauncher()
+    results = run_sweep(wider, launcher)
+    old = {r.name for r in plan.runs}
+    assert launcher.launched == [r.name for r in wider.runs if r.name not in old]
+    assert len(launcher.launched) == 5 * 3 - 3 * 2
+    assert sorted(r.run for r in results if r.status == "skipped") == sorted(old)
+    assert read_plan(plan.sweep_dir) == wider
+    assert fit(collect(plan.sweep_dir), Objective("weighted"), bootstrap=0).almrs == wider.almrs
+    # Back to the smaller grid: refused, the manifest kept.
+    with pytest.raises(UserError, match=r"holds a different sweep \(almrs, lrs, runs differ; "):
+        write_plan(plan)
+    assert read_plan(plan.sweep_dir) == wider
+
+
 def test_collect_names_a_missing_or_unfinished_run(tmp_path):
     plan = _plan(tmp_path, tokens=10 * 1024)
     write_plan(plan)
@@ -188,10 +226,15 @@ def test_a_diverged_run_is_not_rerun_and_is_left_out_of_the_fit(tmp_path):
     plan = plan_runs(_base(), [0.1, 0.2, 0.33, 0.5], LRS, str(tmp_path / "sweep"), tokens=10 * 1024)
     write_plan(plan)
     diverged = next(r for r in plan.runs if r.almr == 0.1 and r.lr == 3e-3)
-    with open(plan.run_dir(diverged) / "metrics.jsonl", "w") as out:
+    run_dir = plan.run_dir(diverged)
+    with open(run_dir / "metrics.jsonl", "w") as out:
         out.write(json.dumps({"step": 1, "loss": 5.0}) + "\n")
         out.write(json.dumps({"step": 2, "loss": None, "skipped": True}) + "\n")
-    assert run_state(plan.run_dir(diverged), plan.steps).status == "diverged"
+    # Killed after a skipped step (train.nonfinite_loss=skip): it resumes.
+    record_start(run_dir, 0, plan.steps)
+    assert run_state(run_dir, plan.steps) == RunState("partial", 2, None)
+    record_end(run_dir, 2, "nonfinite", None)  # what the run writes when it stops on one
+    assert run_state(run_dir, plan.steps) == RunState("diverged", 2, None)
     launcher = RecordingLauncher()
     run_sweep(plan, launcher)
     assert diverged.name not in launcher.launched and len(launcher.launched) == len(plan.runs) - 1

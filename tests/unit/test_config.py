@@ -59,6 +59,8 @@ def test_overrides_are_typed_and_nested():
     assert recipe.optim.schedule.decay_style == "wsd"
     assert parse_override("data.paths=[a, b]") == ("data.paths", ["a", "b"])
     assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+    with pytest.raises(ConfigError, match=r"^a.b.c: 'a.b' is not a section$"):
+        apply_overrides({"a": {"b": 2}}, ["a.b.c=1"])
 
 
 INVALID = [

@@ -17,7 +17,7 @@ from conversion_fixtures import make_hf_llama  # noqa: E402
 from data_fixtures import build_hf_tokenizer  # noqa: E402
 
 from megatron_cpt.cli import main as cli_main  # noqa: E402
-from megatron_cpt.errors import ConfigError  # noqa: E402
+from megatron_cpt.errors import ConfigError, UserError  # noqa: E402
 from megatron_cpt.config.model import ModelConfig  # noqa: E402
 from megatron_cpt.conversion.hf_io import (HfCheckpoint, ShardedSafetensorsWriter,  # noqa: E402
                                            parse_size, read_safetensors_header)
@@ -306,3 +306,11 @@ def test_tokenizer_from_sets_the_token_ids_and_must_fit_the_model(tmp_path):
         tokenizer_ids_for(tokenizer, CFG)
     with pytest.raises(FileNotFoundError, match=rf"^--tokenizer-from {tmp_path}: no tokenizer.json"):
         tokenizer_ids_for(tmp_path, fits)
+    (tokenizer / "tokenizer_config.json").write_text('{"eos_token": ')
+    with pytest.raises(UserError, match=rf"^--tokenizer-from {tokenizer}: tokenizer_config.json is "
+                                        rf"not valid JSON \(Expecting value"):
+        tokenizer_ids_for(tokenizer, fits)
+    (tokenizer / "tokenizer.json").write_text('{"model": 1}')
+    with pytest.raises(UserError, match=rf"^--tokenizer-from {tokenizer}: tokenizer.json is not a "
+                                        rf"tokenizers file \("):
+        tokenizer_ids_for(tokenizer, fits)

@@ -4,6 +4,7 @@ tokenizer for transformers (tokenizer.json + tokenizer_config.json) with the sam
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -136,3 +137,17 @@ def test_a_conversion_with_other_ids_is_refused(trained, tmp_path):
     other = build_hf_tokenizer(tmp_path / "other")  # a byte-level BPE: other ids for the same text
     with pytest.raises(UserError, match="encodes '床前明月光.*' differently from sentencepiece"):
         check_same_ids(trained / "tokenizer.model", other, list(PROBE_TEXTS), where=trained)
+
+
+def test_a_conversion_that_decodes_otherwise_is_refused_with_its_own_message(trained, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    spec = json.loads((broken / "tokenizer.json").read_text())
+    spec["decoder"]["decoders"][0]["content"] = "_"  # "▁" decodes to "_" instead of " "
+    (broken / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError) as info:
+        check_same_ids(trained / "tokenizer.model", broken, ["forget what"], where=trained)
+    assert str(info.value) == (
+        f"{trained}: transformers' conversion of the tokenizer encodes 'forget what' to the same "
+        f"ids as sentencepiece but decodes them to 'forget_what' (from character 6: ' what' vs "
+        f"'_what'); no tokenizer.json written")

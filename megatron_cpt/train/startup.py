@@ -1,0 +1,46 @@
+"""Starting a recipe's ranks, shared by ``megatron-cpt train`` and ``megatron-cpt almr reference``:
+everything that can be checked is checked before any rank starts or anything is written; then
+this process is the rank (inside a distributed job: torchrun set ``RANK``/``WORLD_SIZE``) or it
+starts ``launch.procs_per_node`` local ranks of the worker module (``launch/local.py``).
+
+    recipe = load_recipe("examples/llama3_tiny_cpt_2xcpu.yaml", ["train.steps=20"])
+    start_ranks(recipe, "megatron_cpt.train.worker", [...], lambda: train_this_rank(recipe),
+                several_nodes="submit a Slurm job")
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from megatron_cpt.config.recipe import Recipe
+from megatron_cpt.errors import UserError
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """The data files (present, non-empty, ids within the model's vocabulary) and the initial
+    weights, or the checkpoint the run would resume from (present, whole, of this model)."""
+    from megatron_cpt.data.mixture import resolve_mixture
+    from megatron_cpt.train.checkpoint import check_checkpoints_before_start
+    from megatron_cpt.train.state import checkpoint_dir
+
+    resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
+                    with_validation=recipe.train.eval_interval > 0)
+    check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
+
+
+def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: Callable[[], int],
+                several_nodes: str, run_dir: Optional[str] = None) -> int:
+    """Check, then run ``this_rank()`` inside a distributed job, else ``python -m worker
+    worker_args`` on the local ranks. ``several_nodes``: what to do instead when
+    ``launch.nodes`` > 1; ``run_dir``: a training run's (its exit status comes from there)."""
+    from megatron_cpt.launch.local import inside_distributed_job, run_local
+    from megatron_cpt.model.specs import resolve_attention_backend
+
+    check_inputs(recipe)
+    resolve_attention_backend(recipe.model.attention_backend)  # a broken TE install, said once
+    if inside_distributed_job():
+        return this_rank()
+    if recipe.launch.nodes != 1:
+        raise UserError(f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; "
+                        f"{several_nodes}")
+    return run_local(worker, worker_args, recipe.launch.procs_per_node, run_dir=run_dir)
