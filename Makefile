@@ -47,12 +47,15 @@ bench: $(VENV)/.installed
 # One CUDA GPU, no network, no Transformer Engine, the machine's own Python and torch: megatron-core
 # from the wheel in .whl/ (pip download megatron-core==0.16.1 --python-version 3.12
 # --only-binary=:all: --no-deps -d .whl/), this project with --no-deps, then tests/gpu and
-# bench/gpu_throughput.py; every figure in $(GPU_CHECK_JSON).
+# bench/gpu_throughput.py; every figure in $(GPU_CHECK_JSON). The machine's Python may be a system
+# interpreter marked externally managed (PEP 668): these two --no-deps installs go into it anyway.
 GPU_PYTHON ?= python3
 GPU_CHECK_JSON ?= outputs/gpu_check.json
+MCORE_WHEEL := $(wildcard .whl/megatron_core-0.16.1-*.whl)
 gpu-check:
-	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile .whl/megatron_core-0.16.1-*.whl
-	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-build-isolation -e .
+	@test -n "$(MCORE_WHEEL)" || { echo "gpu-check: error: no .whl/megatron_core-0.16.1-*.whl here; bring the .whl/ folder along (docs/BENCHMARKS.md)" >&2; exit 2; }
+	PIP_BREAK_SYSTEM_PACKAGES=1 $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile $(MCORE_WHEEL)
+	PIP_BREAK_SYSTEM_PACKAGES=1 $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-build-isolation -e .
 	$(GPU_PYTHON) bench/gpu_check.py --out $(GPU_CHECK_JSON)
 
 clean:

@@ -6,19 +6,27 @@ in one JSON file.
 Runs ``pytest tests/gpu`` and ``bench/gpu_throughput.py`` (defaults: Llama-3-8B shape, 4 layers,
 seq 8192, BF16, ours against Hugging Face) each under its own time limit, so that the whole check
 ends well inside 8 minutes; megatron-core and this project must already be installed (the Makefile
-target does that from .whl/ without network).
+target does that from .whl/ without network). Any of ``NEEDED_MODULES`` that is absent stops the
+check before it starts (exit status 2, the names in the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# What the check imports beyond the standard library. The Makefile target installs megatron-core
+# and this project with --no-deps --no-index, so the rest must be on the machine already.
+NEEDED_MODULES = ("torch", "megatron.core", "megatron_cpt", "transformers", "safetensors",
+                  "tokenizers", "yaml", "numpy", "psutil", "tqdm", "packaging", "pytest")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,27 +44,79 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_step(command: list[str], timeout: int) -> dict:
+def missing_modules(names: tuple[str, ...]) -> list[str]:
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its parent package is absent
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def write_json(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+
+
+def run_step(command: list[str], timeout: float) -> dict:
+    """Run ``command`` in a session of its own; past ``timeout`` seconds, kill it and everything
+    it started, so that no process of a timed-out step is left on the GPU for the next one."""
     start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, errors="replace", start_new_session=True)
     try:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        status, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as exc:
-        status, output = "timeout", (exc.stdout or b"").decode(errors="replace")
-    print(output[-3000:], flush=True)
+        stdout, stderr = proc.communicate(timeout=timeout)
+        status = proc.returncode
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc.pid)
+        stdout, stderr = proc.communicate()
+        status = "timeout"
+    print(stdout[-3000:], stderr[-3000:], sep="\n", flush=True)
     return {"command": " ".join(command), "status": status,
-            "seconds": round(time.perf_counter() - start, 1), "tail": output[-1500:]}
+            "seconds": round(time.perf_counter() - start, 1),
+            "stdout_tail": stdout[-1500:], "stderr_tail": stderr[-1500:]}
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL process group ``pid`` (the step's session) and every descendant of ``pid``:
+    torchrun starts each rank in a session of its own, which a signal to the group would miss."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for process in descendants:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = Path(args.out).resolve()
+    missing = missing_modules(NEEDED_MODULES)
+    if missing:
+        write_json(out, {"missing_modules": missing})
+        print(f"gpu-check: error: {sys.executable} lacks {', '.join(missing)} (the Makefile "
+              f"installs only megatron-core and this project, with --no-deps --no-index; see "
+              f"docs/BENCHMARKS.md)", file=sys.stderr)
+        return 2
     import torch
 
     if not torch.cuda.is_available():
         print("gpu-check: CUDA is not available on this machine", file=sys.stderr)
         return 2
-    out = Path(args.out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     bench_json = out.with_name(out.stem + ".throughput.json")
     bench_json.unlink(missing_ok=True)  # never report an earlier run's figures
     start = time.perf_counter()
@@ -67,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"card": torch.cuda.get_device_name(), "tests_gpu": tests, "bench": bench,
               "throughput": json.loads(bench_json.read_text()) if bench_json.is_file() else None,
               "total_seconds": round(time.perf_counter() - start, 1)}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    write_json(out, result)
     print(f"gpu-check: figures in {out}")
     return 0 if tests["status"] == 0 and bench["status"] == 0 else 1
 

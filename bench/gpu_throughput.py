@@ -65,7 +65,7 @@ def bench_recipe(args: argparse.Namespace):
     }).validate()
 
 
-def batches(args, vocab: int, device, count: int):
+def batches(args, vocab: int, count: int):
     import torch
 
     generator = torch.Generator().manual_seed(1234)
@@ -139,7 +139,6 @@ def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("MASTER_PORT", "29541")
     import torch
     import transformers
-    from megatron.core.distributed import finalize_model_grads
 
     from megatron_cpt.conversion.llama_config import hf_config_from_model
     from megatron_cpt.model.build import build_model
@@ -159,15 +158,13 @@ def run(args: argparse.Namespace) -> dict:
     peak = detect_peak(training_precision(cfg.dtype, fp8=False))
     per_token = flops_per_token(cfg, args.seq).model
     tokens = args.micro_batch * args.micro_batches * args.seq
-    data = batches(args, cfg.vocab_size, device, args.micro_batches)
+    data = batches(args, cfg.vocab_size, args.micro_batches)
 
     # Ours: the product's runtime path (DDP with fp32 gradient buffers, megatron-core optimizer).
     ours = {"chunks": build_model(cfg, recipe.parallel)}  # a dict: emptied to free it below
     ours["model"] = wrap_with_ddp(ours["chunks"], recipe.parallel)
     ours["optimizer"] = build_optimizer(ours["model"], recipe.optim, recipe.parallel, cfg.dtype)
     ours["scheduler"] = build_scheduler(ours["optimizer"], recipe.optim, recipe.train.steps)
-    ours["chunks"][0].config.finalize_model_grads_func = finalize_model_grads
-    ours["chunks"][0].config.no_sync_func = ours["model"][0].no_sync
 
     def ours_forward_backward():
         ours["model"][0].zero_grad_buffer()
@@ -218,8 +215,7 @@ def run(args: argparse.Namespace) -> dict:
     hf_peak = torch.cuda.max_memory_allocated() / GB if device.type == "cuda" else None
     destroy_parallel()
 
-    estimate = estimate_memory(recipe, gpu_memory_gb=peak_memory_of(device))
-    stage = estimate.most_loaded
+    stage = estimate_memory(recipe).most_loaded
     ours = figures(ours_fb, tokens, per_token, peak)
     return {
         "device": peak.device, "peak": peak.describe(), "torch": torch.__version__,
@@ -239,14 +235,6 @@ def run(args: argparse.Namespace) -> dict:
                        "weights", "gradients", "optimizer", "activations", "logits")}},
         "top_kernels_of_our_step": kernels,
     }
-
-
-def peak_memory_of(device) -> float:
-    import torch
-
-    if device.type != "cuda":
-        return 80.0
-    return torch.cuda.get_device_properties(0).total_memory / 1e9
 
 
 def megatron_core_version() -> str:

@@ -44,7 +44,6 @@ def _peak_during(action) -> tuple[float, float]:
 
 
 def worker(args: argparse.Namespace) -> None:
-    import torch
     import torch.distributed as dist
     from megatron.core import dist_checkpointing
 
@@ -101,7 +100,6 @@ def worker(args: argparse.Namespace) -> None:
     dist.all_gather_object(gathered, figures)
     if dist.get_rank() == 0:
         print(json.dumps(gathered), flush=True)
-    del torch
 
 
 def report(ranks: list[dict], args: argparse.Namespace) -> None:

@@ -22,9 +22,9 @@ from megatron_cpt.model.vocab_padding import mask_padded_logits
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, *, on_cpu: bool,
-                             initialize: bool = True) -> TransformerConfig:
-    backend = resolve_attention_backend(model.attention_backend)
+def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backend: str, *,
+                             on_cpu: bool, initialize: bool = True) -> TransformerConfig:
+    """``backend`` is the resolved attention backend (``te``, ``sdpa`` or ``local``)."""
     if model.fp8 is not None:
         if backend != "te":
             raise ConfigError("model.fp8: FP8 needs Transformer Engine, which is not installed here")
@@ -69,7 +69,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, *, on
         persist_layer_norm=False,
         bias_dropout_fusion=fused and backend == "te",
         apply_rope_fusion=fused and backend == "te",
-        gradient_accumulation_fusion=not on_cpu and gradient_accumulation_fusion_available(),
+        gradient_accumulation_fusion=gradient_accumulation_fusion_available(),
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=True,
         # Batched p2p posts send_prev before send_next on every rank. NCCL pairs a group's ops as a
@@ -94,8 +94,8 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, *, initialize: boo
                 ) -> list[GPTModel]:
     """One GPTModel per virtual pipeline stage held by this rank (a list of one without vpp)."""
     on_cpu = not torch.cuda.is_available()
-    config = build_transformer_config(model, parallel, on_cpu=on_cpu, initialize=initialize)
     backend = resolve_attention_backend(model.attention_backend)
+    config = build_transformer_config(model, parallel, backend, on_cpu=on_cpu, initialize=initialize)
     vocab = padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, parallel.tp)
     chunks = []
     for vp_stage in range(parallel.vpp or 1):

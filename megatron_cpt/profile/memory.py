@@ -113,11 +113,6 @@ def transformer_engine_layers(model: ModelConfig) -> bool:
     return model.attention_backend in ("auto", "te")
 
 
-def norm_weight_bytes(model: ModelConfig) -> int:
-    """Norm weights follow the dtype in every spec (TE's norms and ``SequenceParallelRMSNorm``)."""
-    return DTYPE_BYTES[model.dtype]
-
-
 def stage_parameters(model: ModelConfig, parallel: ParallelConfig) -> list[StageParameters]:
     """Parameters per GPU of each pipeline stage (all TP ranks of a stage hold the same count)."""
     h, tp, pp = model.hidden_size, parallel.tp, parallel.pp
@@ -181,17 +176,17 @@ def _logits_bytes(model: ModelConfig, tp: int, sp: bool, tokens: float) -> float
 
 
 def _weight_bytes(model: ModelConfig, params: StageParameters) -> float:
+    """Norm weights are in the model dtype too, in every spec (TE's norms and
+    ``SequenceParallelRMSNorm``); FP8 parameters exist only as their FP8 copies (``fp8_weights``)."""
     e = DTYPE_BYTES[model.dtype]
     gemm = 0 if model.fp8 is not None and model.fp8.param_gather else params.gemm * e
-    return gemm + params.embeddings * e + params.norms * norm_weight_bytes(model)
+    return gemm + (params.embeddings + params.norms) * e
 
 
 def _optimizer_bytes(recipe: Recipe, params: StageParameters) -> float:
     """fp32 master copies of the weights that are not fp32 already, and the moments."""
     moments = 8 if recipe.optim.optimizer == "adam" else 4  # Adam m and v; SGD momentum
-    master = 0 if recipe.model.dtype == "fp32" else 4 * (params.gemm + params.embeddings)
-    if norm_weight_bytes(recipe.model) != 4:
-        master += 4 * params.norms
+    master = 0 if recipe.model.dtype == "fp32" else 4 * params.total
     return master + moments * params.total
 
 

@@ -163,9 +163,14 @@ def _plot(steady: list[dict], out_dir: Path) -> None:
     plots.save_figure(fig, out_dir / "memory.png", "Peak memory")
 
 
-def render_report(records: list[dict], run_name: str, warmup: int) -> str:
-    """The Markdown report of ``records`` (one per step, as in metrics.jsonl)."""
-    steady = records[warmup:] if len(records) > warmup else records
+def steady_records(records: list[dict], warmup: int) -> list[dict]:
+    """The records after the first ``warmup`` steps; all of them when there are no more."""
+    return records[warmup:] if len(records) > warmup else records
+
+
+def render_report(records: list[dict], run_name: str, steady: list[dict]) -> str:
+    """The Markdown report of ``records`` (one per step, as in metrics.jsonl), summarised over
+    ``steady`` (``steady_records``)."""
     template = Template(resources.files("megatron_cpt.profile").joinpath(
         "templates/report.md").read_text())
     return template.substitute(
@@ -194,8 +199,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, warmup:
     staging = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    (staging / "report.md").write_text(render_report(records, run_dir.name, warmup))
-    _plot(records[warmup:] if len(records) > warmup else records, staging)
+    steady = steady_records(records, warmup)
+    (staging / "report.md").write_text(render_report(records, run_dir.name, steady))
+    _plot(steady, staging)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_dir

@@ -3,7 +3,9 @@
 1. ``initialize_parallel``: the default process group (NCCL on CUDA, gloo on the CPU, where
    ``cpu_emulation`` is activated first), then megatron-core's TP/PP/VPP/CP/DP groups, then seeds.
 2. ``build_model`` (``megatron_cpt.model``) builds this rank's chunks.
-3. ``wrap_with_ddp``: megatron-core DDP over the chunks (gradient buffers, bucketed reduction).
+3. ``wrap_with_ddp``: megatron-core DDP over the chunks (gradient buffers, bucketed reduction),
+   and the model config's hooks the pipeline schedules call (``no_sync_func``,
+   ``finalize_model_grads_func``).
 4. ``build_optimizer``: megatron-core's optimizer (distributed when configured) over the DDP chunks.
 """
 
@@ -59,7 +61,8 @@ def destroy_parallel() -> None:
 
 
 def wrap_with_ddp(chunks, parallel: ParallelConfig):
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
+                                           finalize_model_grads)
 
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
@@ -75,6 +78,11 @@ def wrap_with_ddp(chunks, parallel: ParallelConfig):
             config=chunk.config, ddp_config=ddp_config, module=chunk,
             # Only the first chunk may start its reduction early (megatron-core's convention).
             disable_bucketing=index > 0))
+    # The schedules read both from the config all chunks share: no_sync holds each chunk's gradient
+    # reduction back until its last micro-batch, finalize_model_grads completes it after the step.
+    config = chunks[0].config
+    config.no_sync_func = [m.no_sync for m in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
+    config.finalize_model_grads_func = finalize_model_grads
     return wrapped
 
 

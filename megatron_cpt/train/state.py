@@ -78,7 +78,6 @@ def _truncate_metrics_after(run_dir: Path, step: int) -> float:
 
 def build_state(cfg: Recipe) -> TrainState:
     from megatron.core import parallel_state
-    from megatron.core.distributed import finalize_model_grads
 
     from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
     from megatron_cpt.data.datasets import build_training_data
@@ -102,9 +101,6 @@ def build_state(cfg: Recipe) -> TrainState:
     model = wrap_with_ddp(chunks, cfg.parallel)
     optimizer = build_optimizer(model, cfg.optim, cfg.parallel, cfg.model.dtype)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
-    transformer_config = chunks[0].config
-    transformer_config.finalize_model_grads_func = finalize_model_grads
-    transformer_config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
 
     # 3. Resume (our own checkpoint) wins over initial weights (a converted checkpoint).
     ckpt_dir = checkpoint_dir(cfg)
@@ -141,7 +137,7 @@ def build_state(cfg: Recipe) -> TrainState:
 
     # 5. Metrics, written by one rank; step timers and throughput, on every rank.
     metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=is_logging_rank())
-    timers = StepTimers(transformer_config, cfg.logging.detail_interval, cfg.logging.trace_steps,
+    timers = StepTimers(chunks[0].config, cfg.logging.detail_interval, cfg.logging.trace_steps,
                         run_dir / "trace")
     throughput = ThroughputMeter(cfg, dist.get_world_size())
     log(f"MFU against {throughput.peak.describe()}")

@@ -51,7 +51,6 @@ def state_bytes(model_chunks, optimizer) -> dict:
 def main(out_dir: str, overrides: list[str]) -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state
-    from megatron.core.distributed import finalize_model_grads
 
     from megatron_cpt.config.recipe import load_recipe
     from megatron_cpt.model.build import build_model
@@ -74,8 +73,6 @@ def main(out_dir: str, overrides: list[str]) -> None:
         model = wrap_with_ddp(chunks, parallel)
         optimizer = build_optimizer(model, recipe.optim, parallel, recipe.model.dtype)
         scheduler = build_scheduler(optimizer, recipe.optim, train.steps)
-        chunks[0].config.finalize_model_grads_func = finalize_model_grads
-        chunks[0].config.no_sync_func = model[0].no_sync
         microbatches = train.num_microbatches(dp_size)
         batches = _synthetic_batches(recipe.model.vocab_size, train.micro_batch_size,
                                      train.seq_length, microbatches)

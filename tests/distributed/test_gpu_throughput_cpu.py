@@ -1,5 +1,6 @@
-"""The CPU-checkable parts of `make gpu-check`: the benchmark's arguments, and its comparison with
-Hugging Face's LlamaForCausalLM on a tiny model (same weights, same batch, same loss)."""
+"""The CPU-checkable parts of `make gpu-check`: the benchmark's arguments, the step runner's
+timeout, and the benchmark's comparison with Hugging Face's LlamaForCausalLM on a tiny model (same
+weights, same batch, same loss)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from harness import REPO, free_port
@@ -34,6 +37,56 @@ def test_arguments_default_to_the_h100_check_and_refuse_nonsense(capsys):
     assert args.bench_args == ["--layers", "2"] and args.tests_timeout + args.bench_timeout < 8 * 60
     recipe = bench.bench_recipe(bench.parse_args(["--out", "x.json"]))
     assert recipe.model.num_layers == 4 and recipe.train.num_microbatches(1) == 4
+
+
+def test_missing_modules_stop_the_check_before_anything_runs(tmp_path, monkeypatch, capsys):
+    check = _load("gpu_check")
+    monkeypatch.setattr(check, "NEEDED_MODULES", ("yaml", "no_such_module", "no_such_parent.child"))
+    monkeypatch.setattr(check, "run_step", lambda *args: pytest.fail("a step ran"))
+    out = tmp_path / "out" / "gpu_check.json"
+    assert check.main(["--out", str(out)]) == 2
+    assert json.loads(out.read_text()) == {"missing_modules": ["no_such_module", "no_such_parent.child"]}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lacks no_such_module, no_such_parent.child" in err
+
+
+# A step that outlives its time limit: it starts one sleeper in its own process group and one in
+# a session of its own (as torchrun starts its ranks), then sleeps itself.
+SLOW_STEP = """
+import subprocess, sys, time
+sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+same_group = subprocess.Popen(sleeper, **quiet)
+own_session = subprocess.Popen(sleeper, start_new_session=True, **quiet)
+print(same_group.pid, own_session.pid, flush=True)
+print("started both", file=sys.stderr, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.timeout(60)
+def test_a_timed_out_step_leaves_no_process_behind():
+    check = _load("gpu_check")
+    result = check.run_step([sys.executable, "-c", SLOW_STEP], timeout=5)
+    pids = [int(pid) for pid in result["stdout_tail"].split()]
+    try:
+        deadline = time.monotonic() + 10
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+    finally:
+        for pid in pids:
+            if not _gone(pid):
+                psutil.Process(pid).kill()
+    assert result["status"] == "timeout" and result["stderr_tail"] == "started both\n"
+    assert 5 <= result["seconds"] < 30
 
 
 def test_tiny_model_against_hugging_face_on_cpu(tmp_path):

@@ -18,15 +18,16 @@ pytestmark = [pytest.mark.gpu,
 
 def test_three_bf16_steps_on_cuda(tmp_path):
     from harness import losses, train
-    from token_fixtures import EOD_ID, write_byte_dataset
+    from token_fixtures import byte_run_overrides, write_byte_dataset
 
     prefix = tmp_path / "stdlib"
     write_byte_dataset(prefix)
     run_dir = tmp_path / "run"
-    train([f"data.paths=[{prefix}]", f"data.eod_token_id={EOD_ID}", "model.preset=llama3-small",
-           "model.dtype=bf16", "launch.procs_per_node=1", "parallel.tp=1", "train.steps=3",
-           "train.global_batch_size=8", "train.micro_batch_size=4", "train.seq_length=256",
-           "optim.schedule.warmup_steps=1", f"logging.run_dir={run_dir}"])
+    # The helper's fp32 gives way to bf16: later overrides win.
+    train(byte_run_overrides(prefix, steps=3, global_batch_size=8, micro_batch_size=4,
+                             seq_length=256)
+          + ["model.preset=llama3-small", "model.dtype=bf16", "launch.procs_per_node=1",
+             "parallel.tp=1", f"logging.run_dir={run_dir}"])
     values = losses(run_dir)
     assert len(values) == 3 and all(math.isfinite(v) for v in values)
     assert values[-1] < values[0]

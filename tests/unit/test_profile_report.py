@@ -12,7 +12,7 @@ import pytest
 
 from megatron_cpt.config import ConfigError, load_recipe
 from megatron_cpt.profile.hardware import peak_for
-from megatron_cpt.profile.report import render_report, write_report
+from megatron_cpt.profile.report import render_report, steady_records, write_report
 from megatron_cpt.profile.throughput import ThroughputMeter, pipeline_bubble_estimate
 from megatron_cpt.train.metrics import read_metrics
 
@@ -23,7 +23,8 @@ RECIPE_8B = REPO / "examples" / "llama3_8b_cpt_8xh100_fp8.yaml"
 
 def test_report_of_a_cpu_run_equals_the_stored_one():
     expected = (GOLDEN / "report.md").read_text()
-    assert render_report(read_metrics(GOLDEN), "profile_golden", warmup=2) == expected
+    records = read_metrics(GOLDEN)
+    assert render_report(records, "profile_golden", steady_records(records, 2)) == expected
 
 
 def test_gpu_records_name_the_peak_and_memory():
@@ -31,7 +32,7 @@ def test_gpu_records_name_the_peak_and_memory():
                 "peak_tflops": 989.4, "device": "NVIDIA H100 80GB HBM3",
                 "memory_allocated_peak_gb": 60.0 + s, "memory_reserved_peak_gb": 70.0}
                for s in range(1, 5)]
-    report = render_report(records, "gpu", warmup=1)
+    report = render_report(records, "gpu", steady_records(records, 1))
     assert "Device: NVIDIA H100 80GB HBM3; MFU against a dense peak of 989.4 TFLOP/s." in report
     assert "| MFU | 40.4% |" in report
     assert "Peak GPU memory: 64.00 GB allocated, 70.00 GB reserved" in report

@@ -54,7 +54,7 @@ def test_gradient_accumulation_fusion_follows_its_kernels(monkeypatch, cuda, ape
     _fake_kernels(monkeypatch, cuda, apex_kernel)
     assert specs.gradient_accumulation_fusion_available() is expected
     model = ModelConfig(dtype="fp32", attention_backend="sdpa")
-    config = build_transformer_config(model, ParallelConfig(), on_cpu=not cuda)
+    config = build_transformer_config(model, ParallelConfig(), "sdpa", on_cpu=not cuda)
     assert config.gradient_accumulation_fusion is expected
 
 
@@ -97,4 +97,6 @@ def test_fp8_without_transformer_engine_is_a_config_error():
 
     model = ModelConfig(dtype="bf16", fp8=Fp8Config())
     with pytest.raises(ConfigError, match="model.fp8"):
-        build_transformer_config(model, ParallelConfig(), on_cpu=True)
+        build_transformer_config(model, ParallelConfig(),
+                                 specs.resolve_attention_backend(model.attention_backend),
+                                 on_cpu=True)
