@@ -61,6 +61,10 @@ def _convert(source: Path, target: Path) -> None:
         logging.set_verbosity(verbosity)
 
 
+def _first_difference(a, b) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def check_same_ids(model_path: Path, hf_dir: Path, texts: list[str], where: Path) -> int:
     """Every text encodes to the same ids with sentencepiece and with ``AutoTokenizer`` from
     ``hf_dir``, and decodes back to itself; returns the number of texts."""
@@ -73,16 +77,14 @@ def check_same_ids(model_path: Path, hf_dir: Path, texts: list[str], where: Path
     got = hf(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     for text, want, have in zip(texts, expected, got):
         if want != have:
-            at = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b),
-                      min(len(want), len(have)))
+            at = _first_difference(want, have)
             raise UserError(
                 f"{where}: transformers' conversion of the tokenizer encodes {text[:40]!r} differently from "
                 f"sentencepiece (from token {at}: {want[at:at + 5]} vs {have[at:at + 5]}); "
                 f"no tokenizer.json written")
         decoded = hf.decode(have)
         if decoded != text:
-            at = next((i for i, (a, b) in enumerate(zip(text, decoded)) if a != b),
-                      min(len(text), len(decoded)))
+            at = _first_difference(text, decoded)
             raise UserError(
                 f"{where}: transformers' conversion of the tokenizer encodes {text[:40]!r} to the "
                 f"same ids as sentencepiece but decodes them to {decoded[:40]!r} (from character "
