@@ -28,27 +28,58 @@ def register(verbs) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="YAML recipe, e.g. examples/llama3_8b_cpt_8xh100_fp8.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides")
-    p.add_argument("--partition", required=True)
-    p.add_argument("--time", required=True, metavar="HH:MM:SS", help="time limit ([D-]HH:MM:SS)")
-    p.add_argument("--account")
+    add_job_arguments(p, required=True, signal_lead_default=(
+        "from the checkpoint save time measured in RUN_DIR/metrics.jsonl"))
     p.add_argument("--nodes", type=int, help="default: the recipe's launch.nodes")
     p.add_argument("--gpus-per-node", type=int, metavar="G",
                    help="ranks per node; default: the recipe's launch.procs_per_node")
-    p.add_argument("--container-image", metavar="IMG", help="run the step in this image (pyxis)")
-    p.add_argument("--container-mounts", metavar="M", help="pyxis mounts, SRC:DST[,SRC:DST]")
-    p.add_argument("--tasks", choices=("per-node", "per-gpu"), default="per-node",
-                   help="one task per node starting torchrun (default), or one task per GPU")
-    p.add_argument("--signal-lead", type=int, metavar="S",
-                   help="seconds between Slurm's warning and the time limit (default: from the "
-                        "checkpoint save time measured in RUN_DIR/metrics.jsonl)")
-    p.add_argument("--python", help="interpreter on the nodes (default: this one, or `python` "
-                                    "in a container)")
     p.add_argument("--gpu-memory-gb", type=float, default=80.0, metavar="GB",
                    help="memory per GPU for the estimate (default 80, H100)")
     p.add_argument("--force", action="store_true",
                    help="write (and submit) even when the memory estimate says it does not fit")
     p.add_argument("--submit", action="store_true", help="submit with sbatch and print the job id")
     p.set_defaults(func=run_slurm)
+
+
+def add_job_arguments(group, required: bool, signal_lead_default: str) -> None:
+    """The Slurm job flags that ``launch slurm`` and ``almr sweep --slurm`` share."""
+    group.add_argument("--partition", required=required)
+    group.add_argument("--time", required=required, metavar="HH:MM:SS",
+                       help="time limit ([D-]HH:MM:SS)")
+    group.add_argument("--account")
+    group.add_argument("--container-image", metavar="IMG",
+                       help="run the step in this image (pyxis)")
+    group.add_argument("--container-mounts", metavar="M", help="pyxis mounts, SRC:DST[,SRC:DST]")
+    group.add_argument("--tasks", choices=("per-node", "per-gpu"), default="per-node",
+                       help="one task per node starting torchrun (default), or one task per GPU")
+    group.add_argument("--signal-lead", type=int, metavar="S",
+                       help=f"seconds between Slurm's warning and the time limit (default: "
+                            f"{signal_lead_default})")
+    group.add_argument("--python", help="interpreter on the nodes (default: this one, or "
+                                        "`python` in a container)")
+
+
+def check_job_arguments(args) -> None:
+    """The job's own flags, before the recipe and data checks (a typo in --time should not wait
+    for them)."""
+    from megatron_cpt.errors import UserError
+    from megatron_cpt.launch.slurm import SlurmJob
+
+    if args.signal_lead is not None and args.signal_lead <= 0:
+        raise UserError(f"--signal-lead: expected seconds > 0, got {args.signal_lead}")
+    SlurmJob(partition=args.partition, time=args.time, nodes=1, gpus_per_node=1,
+             signal_lead_s=0).validate()
+
+
+def job_from_arguments(args, nodes: int, gpus_per_node: int, signal_lead_s: int,
+                       lead_reason: str):
+    from megatron_cpt.launch.slurm import SlurmJob
+
+    return SlurmJob(partition=args.partition, time=args.time, nodes=nodes,
+                    gpus_per_node=gpus_per_node, account=args.account,
+                    container_image=args.container_image, container_mounts=args.container_mounts,
+                    tasks=args.tasks, signal_lead_s=signal_lead_s, lead_reason=lead_reason,
+                    python=args.python or ("python" if args.container_image else sys.executable))
 
 
 def _check_memory(recipe, gpu_memory_gb: float, force: bool) -> None:
@@ -72,17 +103,13 @@ def run_slurm(args) -> int:
     from megatron_cpt.errors import UserError
     from megatron_cpt.files import write_atomic
     from megatron_cpt.launch.allocation import fit_to_allocation
-    from megatron_cpt.launch.slurm import SlurmJob, render_sbatch, signal_lead_seconds, submit
+    from megatron_cpt.launch.slurm import render_sbatch, signal_lead_seconds, submit
     from megatron_cpt.runtime.quiet import quiet_known_warnings
     from megatron_cpt.train.metrics import read_metrics
     from megatron_cpt.train.startup import check_inputs
 
     quiet_known_warnings()
-    # The job's own flags first: a typo in --time should not wait for the recipe and data checks.
-    if args.signal_lead is not None and args.signal_lead <= 0:
-        raise UserError(f"--signal-lead: expected seconds > 0, got {args.signal_lead}")
-    SlurmJob(partition=args.partition, time=args.time, nodes=1, gpus_per_node=1,
-             signal_lead_s=0).validate()
+    check_job_arguments(args)
     recipe = load_recipe(args.recipe, args.overrides)
     nodes = args.nodes if args.nodes is not None else recipe.launch.nodes
     gpus = args.gpus_per_node if args.gpus_per_node is not None else recipe.launch.procs_per_node
@@ -100,11 +127,7 @@ def run_slurm(args) -> int:
     else:
         measured = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
         lead, reason = signal_lead_seconds(measured)
-    job = SlurmJob(partition=args.partition, time=args.time, nodes=nodes, gpus_per_node=gpus,
-                   account=args.account, container_image=args.container_image,
-                   container_mounts=args.container_mounts, tasks=args.tasks, signal_lead_s=lead,
-                   lead_reason=reason,
-                   python=args.python or ("python" if args.container_image else sys.executable))
+    job = job_from_arguments(args, nodes, gpus, lead, reason)
     recipe_path = run_dir / "job.recipe.yaml"
     script = render_sbatch(recipe, str(recipe_path), job, source=args.recipe,
                            workdir=str(Path.cwd()))

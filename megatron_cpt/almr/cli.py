@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from megatron_cpt.errors import UserError
@@ -61,18 +60,12 @@ def register(verbs) -> None:
     where.add_argument("--slurm", action="store_true",
                        help="write SWEEP_DIR/sweep.sbatch, one Slurm job array task per run "
                             "(each with the recipe's launch.nodes x launch.procs_per_node)")
+    from megatron_cpt.launch.cli import add_job_arguments
+    from megatron_cpt.launch.slurm import DEFAULT_LEAD_S
+
     slurm = sweep.add_argument_group("with --slurm")
-    slurm.add_argument("--partition")
-    slurm.add_argument("--time", metavar="HH:MM:SS", help="time limit of each task ([D-]HH:MM:SS)")
-    slurm.add_argument("--account")
-    slurm.add_argument("--container-image", metavar="IMG")
-    slurm.add_argument("--container-mounts", metavar="M")
-    slurm.add_argument("--tasks", choices=("per-node", "per-gpu"), default="per-node")
-    slurm.add_argument("--signal-lead", type=int, metavar="S",
-                       help="seconds between Slurm's warning and the time limit (default 600)")
+    add_job_arguments(slurm, required=False, signal_lead_default=str(DEFAULT_LEAD_S))
     slurm.add_argument("--max-parallel", type=int, metavar="N", help="array tasks at once")
-    slurm.add_argument("--python", help="interpreter on the nodes (default: this one, or "
-                                        "`python` in a container)")
     slurm.add_argument("--submit", action="store_true", help="submit with sbatch")
     sweep.set_defaults(func=run_sweep_command)
 
@@ -115,15 +108,13 @@ SLURM_ONLY = ("partition", "time", "account", "container_image", "container_moun
 def _slurm_launcher(args, plan):
     from megatron_cpt.almr.launchers import SlurmLauncher
     from megatron_cpt.config.recipe import recipe_from_dict
-    from megatron_cpt.launch.slurm import DEFAULT_LEAD_S, SlurmJob
+    from megatron_cpt.launch.cli import job_from_arguments
+    from megatron_cpt.launch.slurm import DEFAULT_LEAD_S
 
     first = recipe_from_dict(next(r for r in plan.runs if r.kind == "train").recipe)
-    job = SlurmJob(partition=args.partition, time=args.time, nodes=first.launch.nodes,
-                   gpus_per_node=first.launch.procs_per_node, account=args.account,
-                   container_image=args.container_image, container_mounts=args.container_mounts,
-                   tasks=args.tasks, signal_lead_s=args.signal_lead or DEFAULT_LEAD_S,
-                   lead_reason="--signal-lead" if args.signal_lead else "default",
-                   python=args.python or ("python" if args.container_image else sys.executable))
+    lead, reason = (args.signal_lead, "--signal-lead") if args.signal_lead else (
+        DEFAULT_LEAD_S, "default")
+    job = job_from_arguments(args, first.launch.nodes, first.launch.procs_per_node, lead, reason)
     launcher = SlurmLauncher(job, submit=args.submit, max_parallel=args.max_parallel,
                              workdir=str(Path.cwd()))
     launcher.render(plan, plan.runs)  # its checks too, before the sweep directory is written
@@ -138,12 +129,11 @@ def run_sweep_command(args) -> int:
     from megatron_cpt.train.startup import check_inputs
 
     if args.slurm:
-        from megatron_cpt.launch.slurm import SlurmJob
+        from megatron_cpt.launch.cli import check_job_arguments
 
         if not args.partition or not args.time:
             raise UserError("--slurm: needs --partition and --time")
-        SlurmJob(partition=args.partition, time=args.time, nodes=1, gpus_per_node=1,
-                 signal_lead_s=0).validate()
+        check_job_arguments(args)
     else:
         given = [name for name in SLURM_ONLY if getattr(args, name) not in (None, False)]
         if given:
