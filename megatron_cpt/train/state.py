@@ -50,7 +50,7 @@ class TrainState:
     num_microbatches: int
     timers: StepTimers  # where each step's time goes (megatron_cpt.train.timers)
     throughput: object  # megatron_cpt.profile.throughput.ThroughputMeter
-    # The checkpoint this run resumed from, the newest one it saved, and that one's step.
+    # The newest checkpoint of the run (the one it resumed from, until it saves) and its step.
     last_saved: Optional[Path] = None
     saved_step: Optional[int] = None
     last_loss: float = float("nan")
@@ -70,19 +70,18 @@ def _truncate_metrics_after(run_dir: Path, step: int) -> float:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return 0.0
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    write_atomic(path, "".join(line + "\n" for line in kept))  # a kill mid-write keeps the history
-    return max(blocking_save_times([json.loads(line) for line in kept]), default=0.0)
+    kept = [(line, record) for line in path.read_text().splitlines()
+            if line.strip() and (record := json.loads(line)).get("step", 0) <= step]
+    write_atomic(path, "".join(line + "\n" for line, _ in kept))  # a kill mid-write keeps the history
+    return max(blocking_save_times([record for _, record in kept]), default=0.0)
 
 
 def build_state(cfg: Recipe) -> TrainState:
     from megatron.core import parallel_state
+    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
     from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
     from megatron_cpt.data.datasets import build_training_data
-    from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
-
     from megatron_cpt.model.build import build_model, describe_layout
     from megatron_cpt.profile.throughput import ThroughputMeter
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
