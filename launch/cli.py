@@ -105,7 +105,7 @@ def run_slurm(args) -> int:
     from megatron_cpt.launch.allocation import fit_to_allocation
     from megatron_cpt.launch.slurm import render_sbatch, signal_lead_seconds, submit
     from megatron_cpt.runtime.quiet import quiet_known_warnings
-    from megatron_cpt.train.metrics import read_metrics
+    from megatron_cpt.run_files import read_metrics
     from megatron_cpt.train.startup import check_inputs
 
     quiet_known_warnings()

@@ -45,7 +45,7 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
     ``EXIT_RESUMABLE`` (75), read from ``RUN_DIR/progress.jsonl``: torchrun does not pass on the
     ranks' statuses, and exits non-zero itself after a SIGTERM.
     """
-    from megatron_cpt.train.progress_log import read_starts
+    from megatron_cpt.run_files import read_starts
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nprocs}", "--no-python", sys.executable, "-m", module, *args]

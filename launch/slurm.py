@@ -7,8 +7,8 @@ One task per node starts torchrun (c10d rendezvous on the allocation's first hos
 ``tasks="per-gpu"``, one task per GPU that maps ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``
 to ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (``megatron_cpt.launch.environment``). The script asks
 for a warning (``--signal=B:USR1@lead``) before the time limit, turns it into SIGTERM for the
-training step, and requeues the job when the run stopped early with a checkpoint
-(``megatron_cpt.launch.requeue``). Why one task per node by default: docs/LAUNCH.md.
+training step, and requeues the job when the run stopped early with a checkpoint, or was killed
+or crashed after saving a newer one (``megatron_cpt.launch.requeue``). Why one task per node by default: docs/LAUNCH.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Literal, Optional
 from megatron_cpt.config.recipe import Recipe
 from megatron_cpt.errors import UserError
 from megatron_cpt.launch.environment import job_environment
-from megatron_cpt.train.metrics import blocking_save_times
+from megatron_cpt.run_files import blocking_save_times
 
 # Rendezvous ports: PORT_BASE + (job id + restart) % PORT_SPAN, away from Slurm's 6817/6818 and
 # the ephemeral range.
@@ -154,13 +154,15 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
     per_gpu = job.tasks == "per-gpu"
     tasks_per_node = job.gpus_per_node if per_gpu else 1
     cpus = f"$(( SLURM_CPUS_ON_NODE / {tasks_per_node} ))" if per_gpu else "$SLURM_CPUS_ON_NODE"
-    srun = ["--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}",
-            f"--cpus-per-task={cpus}"]
+    container = []
     if job.container_image:
         # pyxis keeps an image's own value of a variable unless it is named here.
-        srun += [f"--container-image={job.container_image}", f"--container-env={','.join(names)}"]
+        container = [f"--container-image={job.container_image}",
+                     f"--container-env={','.join(names)}"]
         if job.container_mounts:
-            srun.append(f"--container-mounts={job.container_mounts}")
+            container.append(f"--container-mounts={job.container_mounts}")
+    srun = ["--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}",
+            f"--cpus-per-task={cpus}", *container]
     if per_gpu:
         step = ["$PYTHON", "-m", module, "$RECIPE"]
         rendezvous = ("# One task per GPU: each maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID to "
@@ -197,6 +199,7 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
         port_span=PORT_SPAN,
         rendezvous_lines=rendezvous,
         srun_flags=_join(srun),
+        decide_srun_flags=_join(["--nodes=1", "--ntasks=1", *container]),
         step_command=_join_lines(step),
     )
 
@@ -211,5 +214,8 @@ def submit(script: Path) -> str:
                         f"{script} there)") from None
     if proc.returncode != 0:
         message = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        if "gres" in message.lower() and "--gpus-per-node" in script.read_text():
+            message += (" (the script asks for GPUs because the recipe's launch.accelerator is "
+                        "gpu; on a cluster without GPUs set launch.accelerator=cpu)")
         raise UserError(f"--submit: sbatch refused {script}: {message}")
     return proc.stdout.strip().split(";")[0]

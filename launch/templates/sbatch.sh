@@ -48,7 +48,8 @@ RDZV_PORT=$$(( ${port_base} + (SLURM_JOB_ID + RESTART) % ${port_span} ))
 ${rendezvous_lines}
 echo "megatron-cpt: job $$SLURM_JOB_ID start $$RESTART on $$SLURM_JOB_NUM_NODES node(s), head $$HEAD_NODE ($$HEAD_ADDR:$$RDZV_PORT)"
 
-# The training step writes this when the run stopped early and should go on (launch/requeue.py).
+# Present after the step when the job should requeue itself (launch/requeue.py): the training
+# step writes it when the run stopped early with a checkpoint.
 REQUEUE_REQUEST="$$RUN_DIR/requeue.request"
 rm -f "$$REQUEUE_REQUEST"
 srun ${srun_flags} \
@@ -62,6 +63,11 @@ done
 wait "$$STEP_PID"
 STATUS=$$?
 
+if [ ! -f "$$REQUEUE_REQUEST" ] && [ "$$STATUS" -ne 0 ]; then
+  # Killed or crashed before it could decide: decide from the checkpoints the run left.
+  srun ${decide_srun_flags} \
+    "$$PYTHON" -m megatron_cpt.launch.requeue "$$RECIPE"
+fi
 if [ -f "$$REQUEUE_REQUEST" ]; then
   echo "megatron-cpt: requeueing job $$SLURM_JOB_ID: $$(cat "$$REQUEUE_REQUEST")"
   scontrol requeue "$$SLURM_JOB_ID"

@@ -185,7 +185,7 @@ def reference_command(args) -> int:
 
 def status_command(args) -> int:
     from megatron_cpt.almr.sweep import read_plan, run_state
-    from megatron_cpt.train.metrics import LANGUAGE_LOSS
+    from megatron_cpt.run_files import LANGUAGE_LOSS
 
     plan = read_plan(args.sweep_dir)
     print(f"sweep {args.sweep_dir}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR, {plan.steps} "

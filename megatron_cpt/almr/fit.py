@@ -23,7 +23,7 @@ from megatron_cpt.almr.objective import Objective, find_optimum
 from megatron_cpt.almr.sweep import read_plan, run_state
 from megatron_cpt.almr.relation import MODELS, RelationFit, fit_params, fit_relation, predict
 from megatron_cpt.errors import UserError
-from megatron_cpt.train.metrics import LANGUAGE_BATCH_LOSSES, LANGUAGE_LOSS
+from megatron_cpt.run_files import LANGUAGE_BATCH_LOSSES, LANGUAGE_LOSS
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,7 @@ from megatron_cpt.config.loader import set_dotted
 from megatron_cpt.config.recipe import recipe_from_dict
 from megatron_cpt.errors import ConfigError, UserError
 from megatron_cpt.files import write_atomic
-from megatron_cpt.train.metrics import LANGUAGE_LOSS, read_metrics
-from megatron_cpt.train.progress_log import read_starts
+from megatron_cpt.run_files import LANGUAGE_LOSS, read_metrics, read_starts
 
 MANIFEST = "sweep.json"
 RECIPE = "recipe.yaml"

@@ -18,9 +18,9 @@ from typing import Any, Callable, Optional
 
 import torch.distributed as dist
 
+from megatron_cpt.checkpointing.run_checkpoints import META_FILE, PARTIAL_SUFFIX, is_complete
 from megatron_cpt.errors import CheckpointError
 
-META_FILE = "megatron_cpt.json"
 FORMAT_VERSION = 1
 # Transformer Engine layers (and FP8 state) save an ``_extra_state`` object next to their weights.
 EXTRA_STATE_SUFFIX = "_extra_state"
@@ -46,10 +46,6 @@ def model_sharded_state_dict(chunks) -> dict:
     if len(modules) == 1:
         return {"model": modules[0].sharded_state_dict()}
     return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(modules)}
-
-
-def is_complete(directory: str | Path) -> bool:
-    return (Path(directory) / META_FILE).is_file() and (Path(directory) / "metadata.json").is_file()
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -125,8 +121,11 @@ def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[
     """
     from megatron.core import dist_checkpointing
 
+    from megatron_cpt.checkpointing.writer_processes import keep_writers_through_stop_signals
+
+    keep_writers_through_stop_signals()
     final = Path(directory)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = final.with_name(final.name + PARTIAL_SUFFIX)
     if _rank() == 0:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -18,6 +18,9 @@ class LaunchConfig:
     accelerator: Literal["gpu", "cpu"] = "gpu"
     # Timeout of the process groups' collectives and of the torchrun rendezvous, in minutes.
     dist_timeout_minutes: int = 30
+    # Slurm: a start that crashed or was killed is requeued when it left a newer whole checkpoint;
+    # one without is retried until this many starts in a row have made no progress.
+    max_starts_without_progress: int = 3
 
     @property
     def world_size(self) -> int:
@@ -31,3 +34,6 @@ class LaunchConfig:
         if self.dist_timeout_minutes < 1:
             raise ConfigError(
                 f"launch.dist_timeout_minutes: must be >= 1, got {self.dist_timeout_minutes}")
+        if self.max_starts_without_progress < 1:
+            raise ConfigError(f"launch.max_starts_without_progress: must be >= 1, got "
+                              f"{self.max_starts_without_progress}")

@@ -184,7 +184,7 @@ def render_report(records: list[dict], run_name: str, steady: list[dict]) -> str
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, warmup: int = 2) -> Path:
     """Write report.md and the PNGs to ``out_dir`` (default RUN_DIR/profile); returns out_dir."""
-    from megatron_cpt.train.metrics import read_metrics
+    from megatron_cpt.run_files import read_metrics
 
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():

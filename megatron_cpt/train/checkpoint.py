@@ -1,32 +1,28 @@
 """Training checkpoints: model, optimizer, LR scheduler, RNG and data position, resumable at any
-TP/PP/DP layout.
-
-    CKPT_DIR/step_000010/   a complete megatron-core dist checkpoint (renamed into place when done)
-    CKPT_DIR/latest         the name of the newest complete checkpoint, replaced last
+TP/PP/DP layout. Each is a ``step_N`` directory of the run's checkpoint directory
+(``checkpointing/run_checkpoints.py``: what is whole, what ``latest`` names, what is pruned).
 
 A process killed while writing leaves only ``step_N.tmp`` behind, which is never read; ``latest``
-still names the previous checkpoint. Resuming prefers ``latest`` and falls back to the newest
-complete ``step_*`` directory.
+still names the previous checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from megatron_cpt.checkpointing.dist_io import (apply_model_state, is_complete,
-                                               load_dist_checkpoint, model_sharded_state_dict,
-                                               pause_for_test, read_meta, save_dist_checkpoint)
+from megatron_cpt.checkpointing.dist_io import (apply_model_state, load_dist_checkpoint,
+                                               model_sharded_state_dict, pause_for_test, read_meta,
+                                               save_dist_checkpoint)
+from megatron_cpt.checkpointing.run_checkpoints import (LATEST, find_resume_checkpoint, prune,
+                                                        step_dir_name)
 from megatron_cpt.config.checkpoint import CheckpointConfig
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
@@ -34,14 +30,12 @@ from megatron_cpt.errors import CheckpointError
 from megatron_cpt.runtime.mcore_compat import materialize_adam_state
 from megatron_cpt.runtime.parallel import sync_parameters
 
-LATEST = "latest"
 # The distributed optimizer's state in megatron-core's "fully_reshardable" format: per model
 # parameter, like the model itself, so it loads at any TP/PP/DP (0.16's default flattened format
 # cannot be saved at all). Memory-efficient: a save gathers the DP group's state over gloo on DP
 # rank 0 only, instead of all-gathering it on every rank (bench/optimizer_checkpoint_bench.py).
 OPTIMIZER_CHECKPOINT_FORMAT = {"distrib_optim_sharding_type": "fully_reshardable",
                                "distrib_optim_fully_reshardable_mem_efficient": True}
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 @dataclass
@@ -49,23 +43,6 @@ class TrainingProgress:
     step: int = 0
     consumed_samples: int = 0
     skipped_steps: int = 0
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:06d}"
-
-
-def find_resume_checkpoint(ckpt_dir: str | Path) -> Optional[Path]:
-    """The newest complete checkpoint in ``ckpt_dir``, or None."""
-    ckpt_dir = Path(ckpt_dir)
-    marker = ckpt_dir / LATEST
-    if marker.is_file():
-        candidate = ckpt_dir / marker.read_text().strip()
-        if is_complete(candidate):
-            return candidate
-    steps = sorted((int(m.group(1)), p) for p in ckpt_dir.glob("step_*")
-                   if (m := _STEP_DIR.match(p.name)) and is_complete(p))
-    return steps[-1][1] if steps else None
 
 
 def _rng_sharded_object() -> ShardedObject:
@@ -131,17 +108,10 @@ def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, sche
             pause_for_test("latest", ckpt_dir)
             os.replace(tmp_marker, ckpt_dir / LATEST)
             if keep_last:
-                _prune(ckpt_dir, keep_last)
+                prune(ckpt_dir, keep_last)
         dist.barrier()
 
     return save_dist_checkpoint(state, ckpt_dir / name, meta, background, point_latest_at_it)
-
-
-def _prune(ckpt_dir: Path, keep_last: int) -> None:
-    complete = sorted((int(m.group(1)), p) for p in ckpt_dir.glob("step_*")
-                      if (m := _STEP_DIR.match(p.name)) and is_complete(p))
-    for _, path in complete[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_model_matches(meta: dict, model: ModelConfig, source: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from megatron_cpt.config.recipe import Recipe
 from megatron_cpt.data.datasets import TrainingData, microbatches
-from megatron_cpt.train.metrics import LANGUAGE_BATCH_LOSSES, LANGUAGE_LOSS
+from megatron_cpt.run_files import LANGUAGE_BATCH_LOSSES, LANGUAGE_LOSS
 from megatron_cpt.train.step import evaluate
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from megatron_cpt.config.recipe import Recipe
-from megatron_cpt.train import progress_log
+from megatron_cpt import run_files
 from megatron_cpt.train.preemption import StopReason, StopRequests
 from megatron_cpt.train.state import TrainState, build_state, is_logging_rank, log
 from megatron_cpt.train.step import StepResult
@@ -157,7 +157,7 @@ def run_training(recipe: Recipe) -> TrainOutcome:
     state = build_state(recipe)
     run_dir = recipe.logging.run_dir
     if is_logging_rank():
-        progress_log.record_start(run_dir, state.progress.step, state.final_step)
+        run_files.record_start(run_dir, state.progress.step, state.final_step)
     reason = StopReason.FINISHED if state.progress.step >= state.final_step else StopReason.NONE
     ended = "failed"
     try:
@@ -177,7 +177,7 @@ def run_training(recipe: Recipe) -> TrainOutcome:
         raise
     finally:
         if is_logging_rank():
-            progress_log.record_end(run_dir, state.progress.step, ended,
+            run_files.record_end(run_dir, state.progress.step, ended,
                                     str(state.last_saved) if state.last_saved else None)
         state.metrics.close()
     return TrainOutcome(state.progress.step, state.last_loss,

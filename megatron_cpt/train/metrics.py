@@ -7,10 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-# Validation loss of each language (sources weighted by their training tokens), and the same per
-# validation batch, a list (what the ALMR fit's bootstrap resamples; jsonl only, not TensorBoard).
-LANGUAGE_LOSS = "val_loss_by_language/"
-LANGUAGE_BATCH_LOSSES = "val_batch_loss_by_language/"
+from megatron_cpt.run_files import METRICS_FILE
 
 
 def _clean(value: Any) -> Any:
@@ -28,7 +25,7 @@ class MetricsWriter:
             return
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self._jsonl = open(run_dir / METRICS_FILE, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -51,25 +48,3 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of ``RUN_DIR/metrics.jsonl``, one per step, in file order."""
-    from megatron_cpt.errors import UserError
-
-    path = Path(run_dir) / "metrics.jsonl"
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {number} is not JSON ({exc.msg})") from None
-    return records
-
-
-def blocking_save_times(records: list[dict]) -> list[float]:
-    """``checkpoint_save_s`` of the blocking saves: a stop's save always blocks, and a background
-    save's record holds only the time to schedule it."""
-    return [r["checkpoint_save_s"] for r in records
-            if r.get("checkpoint_save_s") is not None and not r.get("checkpoint_background")]

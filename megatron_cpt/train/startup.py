@@ -21,7 +21,7 @@ def check_inputs(recipe: Recipe) -> None:
     weights, or the checkpoint the run would resume from (present, whole, of this model)."""
     from megatron_cpt.data.mixture import resolve_mixture
     from megatron_cpt.train.checkpoint import check_checkpoints_before_start
-    from megatron_cpt.train.state import checkpoint_dir
+    from megatron_cpt.checkpointing.run_checkpoints import checkpoint_dir
 
     resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
                     with_validation=recipe.train.eval_interval > 0)

@@ -15,14 +15,12 @@ from typing import Optional
 import torch.distributed as dist
 
 from megatron_cpt.config.recipe import Recipe
+from megatron_cpt.checkpointing.run_checkpoints import checkpoint_dir
 from megatron_cpt.files import write_atomic
 from megatron_cpt.train.checkpoint import TrainingProgress
-from megatron_cpt.train.metrics import MetricsWriter, blocking_save_times
+from megatron_cpt.run_files import blocking_save_times
+from megatron_cpt.train.metrics import MetricsWriter
 from megatron_cpt.train.timers import StepTimers
-
-
-def checkpoint_dir(recipe: Recipe) -> Path:
-    return Path(recipe.checkpoint.dir or Path(recipe.logging.run_dir) / "checkpoints")
 
 
 def is_logging_rank() -> bool:
@@ -85,8 +83,8 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.model.build import build_model, describe_layout
     from megatron_cpt.profile.throughput import ThroughputMeter
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
-    from megatron_cpt.train.checkpoint import (check_model_matches, find_resume_checkpoint,
-                                               load_training_checkpoint)
+    from megatron_cpt.checkpointing.run_checkpoints import find_resume_checkpoint
+    from megatron_cpt.train.checkpoint import check_model_matches, load_training_checkpoint
     from megatron_cpt.train.evaluation import validation_samples
     from megatron_cpt.train.schedule import build_scheduler
 

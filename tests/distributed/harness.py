@@ -43,7 +43,7 @@ def write_initial_weights(out_dir: Path, overrides: list[str], recipe: Path = TI
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    from megatron_cpt.train.metrics import read_metrics
+    from megatron_cpt.run_files import read_metrics
 
     return read_metrics(run_dir)
 

@@ -15,9 +15,9 @@ import pytest
 from harness import TINY_RECIPE, losses, metrics, train
 from token_fixtures import EOD_ID, write_byte_dataset
 
-from megatron_cpt.train.checkpoint import find_resume_checkpoint
+from megatron_cpt.checkpointing.run_checkpoints import find_resume_checkpoint
 from megatron_cpt.train.preemption import EXIT_RESUMABLE
-from megatron_cpt.train.progress_log import read_starts
+from megatron_cpt.run_files import read_starts
 
 STEPS = 12
 

@@ -13,7 +13,7 @@ from token_fixtures import EOD_ID, write_byte_dataset
 
 from megatron_cpt.config import load_recipe
 from megatron_cpt.profile.flops import flops_per_token
-from megatron_cpt.train.metrics import read_metrics
+from megatron_cpt.run_files import read_metrics
 
 EVERY_STEP = ("step_time_s", "data_wait_s", "forward_backward_s", "grad_sync_s", "optimizer_s",
               "tokens_per_s_per_gpu", "tflops_per_gpu", "hardware_tflops_per_gpu",

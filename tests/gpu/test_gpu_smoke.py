@@ -33,7 +33,7 @@ def test_three_bf16_steps_on_cuda(tmp_path):
     assert values[-1] < values[0]
     # Throughput against this card's peak from the table (no MFU on a card it does not know).
     from megatron_cpt.profile.hardware import peak_for
-    from megatron_cpt.train.metrics import read_metrics
+    from megatron_cpt.run_files import read_metrics
 
     peak = peak_for(torch.cuda.get_device_name(), "bf16").tflops
     for record in read_metrics(run_dir):

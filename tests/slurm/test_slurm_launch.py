@@ -13,7 +13,7 @@ import pytest
 from harness import REPO, TINY_RECIPE, losses, metrics, run_cli, train
 from token_fixtures import byte_run_overrides, write_byte_dataset
 
-from megatron_cpt.train.progress_log import read_starts
+from megatron_cpt.run_files import read_starts
 
 pytestmark = pytest.mark.slurm
 

@@ -16,7 +16,7 @@ from megatron_cpt.almr.sweep import (LaunchResult, RunState, plan_runs, read_pla
 from megatron_cpt.config.loader import apply_overrides, read_yaml
 from megatron_cpt.config.recipe import load_recipe
 from megatron_cpt.errors import ConfigError, UserError
-from megatron_cpt.train.progress_log import record_end, record_start
+from megatron_cpt.run_files import record_end, record_start
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo_llama3_tiny_cpt_2xcpu.yaml"

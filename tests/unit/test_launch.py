@@ -1,10 +1,8 @@
 """Launch: the allocation check, the rendered batch scripts (kept equal to launch/*.sbatch and
-clean under shellcheck), the requeue decision, and the rank environment of one task per GPU."""
+clean under shellcheck), and the rank environment of one task per GPU."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +12,8 @@ from megatron_cpt.config import ConfigError, load_recipe
 from megatron_cpt.launch.allocation import fit_to_allocation
 from megatron_cpt.launch.environment import adopt_slurm_rank_environment, job_environment
 from megatron_cpt.launch.example_scripts import EXAMPLES, example_path, render_example
-from megatron_cpt.launch.requeue import request_requeue_if_due, requeue_decision
 from megatron_cpt.launch.slurm import SlurmJob, render_sbatch, signal_lead_seconds
 from megatron_cpt.errors import UserError
-from megatron_cpt.train import progress_log
 from shellcheck_fixture import assert_shellcheck_clean
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,51 +103,6 @@ def test_signal_lead_from_measured_saves():
     lead, reason = signal_lead_seconds(measured)
     assert lead == 232  # ceil(10.2 + 2 x 80.5) + 60 s of Slurm's signal slack
     assert "metrics.jsonl" in reason
-
-
-def _starts(tmp_path, *ends):
-    for first, last, ended in ends:
-        progress_log.record_start(tmp_path, first - 1, 40)
-        if ended is not None:
-            progress_log.record_end(tmp_path, last, ended, f"ckpt/step_{last:06d}")
-    return requeue_decision(str(tmp_path))
-
-
-@pytest.mark.parametrize("ends,expected", [
-    ([(1, 12, "preempted")], True),
-    ([(1, 12, "preempted"), (13, 20, "time_limit")], True),
-    ([(1, 12, "preempted"), (13, 12, "preempted")], False),  # no step since the last start
-    ([(1, 12, "preempted"), (1, 12, "preempted")], False),  # did not resume: would loop forever
-    ([(1, 12, "preempted"), (13, None, None), (13, 12, "preempted")], False),
-    ([(1, 40, "preempted")], False),  # the final step: nothing left to do
-    ([(1, 40, "finished")], False),
-    ([(1, 7, "failed")], False),
-    ([(1, 7, "nonfinite")], False),
-    ([(1, None, None)], False),  # killed: no end line
-    ([], False),
-])
-def test_requeue_decision(tmp_path, ends, expected):
-    requeue, reason = _starts(tmp_path, *ends)
-    assert requeue is expected, reason
-
-
-def test_requeue_request_is_written_only_when_due(tmp_path, capsys):
-    _starts(tmp_path, (1, 12, "preempted"))
-    assert request_requeue_if_due(tmp_path)
-    assert "after step 12" in (tmp_path / "requeue.request").read_text()
-    (tmp_path / "requeue.request").unlink()
-    progress_log.record_start(tmp_path, 12, 40)
-    progress_log.record_end(tmp_path, 40, "finished", "ckpt/step_000040")
-    assert not request_requeue_if_due(tmp_path)
-    assert not (tmp_path / "requeue.request").exists()
-    assert "no requeue: start 2 ended 'finished'" in capsys.readouterr().out
-
-
-def test_requeue_module_exit_status(tmp_path):
-    _starts(tmp_path, (1, 12, "preempted"))
-    proc = subprocess.run([sys.executable, "-m", "megatron_cpt.launch.requeue", str(tmp_path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and "requeue: start 1 stopped (preempted) after step 12" in proc.stdout
 
 
 def test_rank_environment_of_one_task_per_gpu():

@@ -14,7 +14,7 @@ from megatron_cpt.config import ConfigError, load_recipe
 from megatron_cpt.profile.hardware import peak_for
 from megatron_cpt.profile.report import render_report, steady_records, write_report
 from megatron_cpt.profile.throughput import ThroughputMeter, pipeline_bubble_estimate
-from megatron_cpt.train.metrics import read_metrics
+from megatron_cpt.run_files import read_metrics
 
 GOLDEN = Path(__file__).with_name("profile_golden")
 REPO = Path(__file__).resolve().parents[2]
