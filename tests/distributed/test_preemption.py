@@ -1,6 +1,8 @@
-"""Stopping early outside Slurm: SIGTERM to `megatron-cpt train` (and a second one while the
-checkpoint is written) saves after the current step and exits 75; so does the wall-clock budget
-`train.time_limit_minutes`. Resuming gives the losses of an uninterrupted run, bitwise."""
+"""Stopping early outside Slurm, with interval checkpoints on as in every H100 recipe (blocking and
+background writes): SIGTERM to `megatron-cpt train` after interval saves (and a second one to every
+process, checkpoint writers included, while a checkpoint is written) saves after the current step
+and exits 75; so does the wall-clock budget `train.time_limit_minutes`. No partial checkpoint is
+left, and resuming gives the losses of an uninterrupted run, bitwise."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def setup(tmp_path_factory):
     args = [f"data.paths=[{prefix}]", "data.eod_token_id=0", "model.preset=llama3-small",
             "model.dtype=fp32", f"train.steps={STEPS}", "train.global_batch_size=4",
             "train.micro_batch_size=1", "train.seq_length=64", "optim.schedule.warmup_steps=2",
-            "checkpoint.save_interval=0", "logging.tensorboard=false",
+            "checkpoint.save_interval=2", "logging.tensorboard=false",
             "launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=2"]
     assert EOD_ID == 0
     reference = root / "reference"
@@ -63,33 +65,40 @@ def _assert_resumes_to_reference(run_dir, args, reference, stopped_at: int) -> N
     assert losses(run_dir) == reference
 
 
-def test_sigterm_saves_and_exits_resumable(setup):
+@pytest.mark.parametrize("async_save", [False, True])
+def test_sigterm_after_interval_saves_exits_resumable(setup, async_save):
     root, args, reference = setup
-    run_dir = root / "sigterm"
-    log = open(root / "sigterm.log", "w")
+    args = args + [f"checkpoint.async_save={str(async_save).lower()}"]
+    run_dir = root / f"sigterm_async_{async_save}"
+    log_path = root / f"sigterm_async_{async_save}.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "megatron_cpt", "train", str(TINY_RECIPE), *args,
                              f"logging.run_dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         metrics_file = run_dir / "metrics.jsonl"
+        # Past step 2's interval save: its writer processes exist when the signal comes.
         _wait(lambda: metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 3,
               proc, 300, "three steps")
         proc.send_signal(signal.SIGTERM)  # to `megatron-cpt train`, as a user or a scheduler would
         ckpt = run_dir / "checkpoints"
         _wait(lambda: any(ckpt.glob("step_*.tmp")), proc, 120, "the checkpoint write")
-        _signal_all(proc.pid, signal.SIGTERM)  # again, to the launcher and every rank
-        assert proc.wait(timeout=300) == EXIT_RESUMABLE
+        # Again, to the launcher, every rank and every process they started (checkpoint writers).
+        _signal_all(proc.pid, signal.SIGTERM)
+        status = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             _signal_all(proc.pid, signal.SIGKILL)
         log.close()
-    output = (root / "sigterm.log").read_text()
+    output = log_path.read_text()
+    assert status == EXIT_RESUMABLE, output[-6000:]
     assert "received again: still stopping" in output
     (start,) = read_starts(run_dir)
     assert start.ended == "preempted" and 3 <= start.last_step < STEPS
     assert [r["step"] for r in metrics(run_dir)][-1] == start.last_step
     saved = find_resume_checkpoint(run_dir / "checkpoints")
     assert saved is not None and saved.name == f"step_{start.last_step:06d}"
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
     _assert_resumes_to_reference(run_dir, args, reference, start.last_step)
 
 
@@ -97,6 +106,7 @@ def test_wall_clock_budget_saves_and_exits_resumable(setup):
     root, args, reference = setup
     run_dir = root / "budget"
     # 60 ms from the start of set-up: spent before the first step ends, so the run stops there.
+    args = args + ["checkpoint.async_save=true"]
     proc = train(args + [f"logging.run_dir={run_dir}", "train.time_limit_minutes=0.001"],
                  check=False)
     assert proc.returncode == EXIT_RESUMABLE, proc.stderr[-4000:]
