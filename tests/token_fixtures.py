@@ -24,14 +24,19 @@ def stdlib_documents(limit_bytes: int) -> list[bytes]:
     return docs
 
 
-def write_byte_dataset(prefix: str | Path, limit_bytes: int = 400_000) -> int:
-    """Write PREFIX.bin/.idx; returns the number of tokens written."""
+def write_byte_dataset(prefix: str | Path, limit_bytes: int = 400_000,
+                       doc_bytes: int | None = None) -> int:
+    """Write PREFIX.bin/.idx, one document per source file (or per ``doc_bytes`` of it); returns
+    the number of tokens written."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     prefix = str(prefix)
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
     tokens = 0
-    for doc in stdlib_documents(limit_bytes):
+    docs = stdlib_documents(limit_bytes)
+    if doc_bytes:
+        docs = [d[i:i + doc_bytes] for d in docs for i in range(0, len(d), doc_bytes)]
+    for doc in docs:
         ids = np.frombuffer(doc, dtype=np.uint8).astype(np.uint16) + 1
         ids = np.append(ids, np.uint16(EOD_ID))
         builder.add_document(ids, [len(ids)])

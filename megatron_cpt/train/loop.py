@@ -151,9 +151,8 @@ def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) 
         log(f"writing {state.last_saved.name} in the background")
 
 
-def run_training(recipe: Recipe) -> TrainOutcome:
-    stops = StopRequests(recipe.train.time_limit_minutes)
-    stops.install()
+def run_training(recipe: Recipe, stops: StopRequests) -> TrainOutcome:
+    """``stops``: installed by the caller as early as it can (``train.worker``)."""
     state = build_state(recipe)
     run_dir = recipe.logging.run_dir
     if is_logging_rank():

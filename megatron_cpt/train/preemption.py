@@ -16,9 +16,6 @@ import signal
 import time
 from enum import IntEnum
 
-import torch
-import torch.distributed as dist
-
 EXIT_RESUMABLE = 75
 
 
@@ -44,13 +41,20 @@ class StopRequests:
     """Collects stop requests on this rank: SIGTERM (handler installed by ``install``) and the
     wall-clock budget; ``agree`` turns them into one decision shared by all ranks."""
 
-    def __init__(self, time_limit_minutes: float | None, started_at: float | None = None):
+    def __init__(self, time_limit_minutes: float | None = None, started_at: float | None = None):
         self.started_at = time.monotonic() if started_at is None else started_at
-        self.budget_s = time_limit_minutes * 60 if time_limit_minutes else None
+        self.budget_s = None
+        self.set_time_limit(time_limit_minutes)
         self.signal_name: str | None = None
         self._stopping = False
 
+    def set_time_limit(self, minutes: float | None) -> None:
+        """The wall-clock budget of this start, counted from when this object was made."""
+        self.budget_s = minutes * 60 if minutes else None
+
     def install(self) -> None:
+        """Installed first thing in every rank (``train.worker``), before the heavy imports and
+        set-up: a stop signal during set-up is kept, and the run stops after its first step."""
         signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum, _frame) -> None:
@@ -80,6 +84,9 @@ class StopRequests:
         if finished:
             self._stopping = True
             return StopReason.FINISHED
+        import torch
+        import torch.distributed as dist
+
         local = self.local_reason(next_step_s)
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")

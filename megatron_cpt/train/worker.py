@@ -14,22 +14,32 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from megatron_cpt.config.recipe import Recipe, load_recipe
 from megatron_cpt.files import write_atomic
 
+if TYPE_CHECKING:
+    from megatron_cpt.train.preemption import StopRequests
 
-def train_this_rank(recipe: Recipe) -> int:
+
+def train_this_rank(recipe: Recipe, stops: Optional["StopRequests"] = None) -> int:
+    """Train as this rank; ``stops``: a stop-signal handler installed earlier (else now)."""
     import torch.distributed as dist
 
     from megatron_cpt.runtime.parallel import destroy_parallel
     from megatron_cpt.train.loop import NonFiniteLossError, run_training
-    from megatron_cpt.train.preemption import EXIT_RESUMABLE
+    from megatron_cpt.train.preemption import EXIT_RESUMABLE, StopRequests
     from megatron_cpt.train.state import is_logging_rank
+
+    if stops is None:
+        stops = StopRequests()
+        stops.install()
+    stops.set_time_limit(recipe.train.time_limit_minutes)
 
     run_dir = Path(recipe.logging.run_dir)
     try:
-        outcome = run_training(recipe)
+        outcome = run_training(recipe, stops)
     except NonFiniteLossError as exc:
         if dist.get_rank() == 0:  # every rank knows the loss: one line for the job
             print(f"megatron-cpt train: error: {exc}", file=sys.stderr, flush=True)
@@ -56,9 +66,13 @@ def train_this_rank(recipe: Recipe) -> int:
 def main(argv: list[str]) -> int:
     from megatron_cpt.launch.environment import adopt_slurm_rank_environment
     from megatron_cpt.launch.local import run_rank
+    from megatron_cpt.train.preemption import StopRequests
 
+    stops = StopRequests()
+    stops.install()  # before anything slow: Slurm's warning may come while the rank starts
     adopt_slurm_rank_environment()
-    return run_rank(lambda: train_this_rank(load_recipe(argv[0], argv[1:])), "train")
+
+    return run_rank(lambda: train_this_rank(load_recipe(argv[0], argv[1:]), stops), "train")
 
 
 if __name__ == "__main__":
