@@ -1,33 +1,47 @@
 """Run a megatron-cpt worker module on N local processes through torchrun (``--standalone``).
 
 Used by ``megatron-cpt train``, ``convert`` and ``almr`` when they are not already inside a
-distributed job (no ``WORLD_SIZE`` in the environment). A SIGTERM to this process is passed to
-torchrun once, which passes it to the ranks; further ones are not passed on, so they cannot cut a
-checkpoint write short.
+distributed job (no ``WORLD_SIZE`` in the environment).
 
-A user error raised in a rank reaches the user once, as one line with exit status 2, never as a
-traceback per rank: ``run_rank`` (each worker's entry point) writes the message to a file that
-``run_local`` names (the first rank to fail wins); from then on the output the ranks and torchrun
-send to stderr (peers that lost that rank, torchrun's failure report) is dropped, and
-``run_local`` raises the message as a ``UserError`` for the CLI to print.
+- **Stopping.** A SIGTERM to this process is passed once to the ranks themselves (torchrun's
+  workers), which save after the current step and exit; torchrun then ends normally. Further ones
+  are not passed on, so they cannot cut a checkpoint write short.
+- **Lifetime.** torchrun and every rank get the kernel's parent-death signal
+  (``process_lifetime.die_with_parent``): if this process dies, even by SIGKILL, torchrun is killed,
+  and so is every rank whose torchrun agent is gone. No rank outlives its job holding memory or a
+  GPU.
+- **One line per failure.** ``run_rank`` (every worker's entry point) turns a user error (exit 2)
+  or a failure that is not a bug (``launch/failures.py``, exit 4: full disk, unwritable directory,
+  lost peer, out of memory; a missing file is a user error, exit 2) into one line, written to a report that the first rank
+  to fail creates. From then on the output of the ranks and of torchrun (peers that lost that
+  rank, torchrun's failure summary) is dropped, and ``run_local`` raises the line for the CLI to
+  print. A rank that ended without a word (SIGKILL, the OOM killer) is named as the cause. With
+  ``--debug`` (``MEGATRON_CPT_DEBUG=1``) tracebacks are printed and nothing is dropped.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
-from megatron_cpt.errors import UserError, one_line
+from megatron_cpt.errors import RunFailure, UserError, one_line
+from megatron_cpt.launch.failures import EXIT_FAILED, explain_failure
+from megatron_cpt.process_lifetime import die_with_parent
 
 # How long torchrun lets its ranks finish a checkpoint after SIGTERM before it kills them.
 SHUTDOWN_TIMEOUT_S = 1800
-ERROR_FILE_ENV = "MEGATRON_CPT_ERROR_FILE"
+REPORT_DIR_ENV = "MEGATRON_CPT_REPORT_DIR"
+DEBUG_ENV = "MEGATRON_CPT_DEBUG"
+_FAILURE = "failure.json"
 # What the CLI reports as bad input (one line, exit 2), in the launcher and in every rank.
 USER_ERRORS = (UserError, FileNotFoundError, FileExistsError)
 
@@ -36,29 +50,34 @@ def inside_distributed_job() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV) == "1"
+
+
 def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | None = None,
               env: Optional[dict[str, str]] = None) -> int:
     """Start ``python -m module args`` on ``nprocs`` ranks (``env`` added to their environment);
-    returns the job's exit status, or raises the user error a rank reported.
+    returns the job's exit status, or raises the failure a rank reported.
 
     With ``run_dir`` (training), a run that stopped early with a checkpoint returns
     ``EXIT_RESUMABLE`` (75), read from ``RUN_DIR/progress.jsonl``: torchrun does not pass on the
-    ranks' statuses, and exits non-zero itself after a SIGTERM.
+    ranks' statuses.
     """
     from megatron_cpt.run_files import read_starts
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nprocs}", "--no-python", sys.executable, "-m", module, *args]
     with tempfile.TemporaryDirectory(prefix="megatron-cpt-") as tmp:
-        error_file = Path(tmp) / "user-error"
-        child_env = {**os.environ, **(env or {}), ERROR_FILE_ENV: str(error_file)}
+        reports = Path(tmp)
+        child_env = {**os.environ, **(env or {}), REPORT_DIR_ENV: str(reports)}
         # torchrun sets OMP_NUM_THREADS=1 per rank unless told otherwise: keep the cores busy on CPU.
         child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
         starts_before = len(read_starts(run_dir)) if run_dir else 0
-        torchrun = subprocess.Popen(command, env=child_env, stderr=subprocess.PIPE)
-        relay = threading.Thread(target=_relay_stderr, args=(torchrun.stderr, error_file),
+        torchrun = subprocess.Popen(command, env=child_env, stderr=subprocess.PIPE,
+                                    preexec_fn=functools.partial(die_with_parent, os.getpid()))
+        relay = threading.Thread(target=_relay_stderr, args=(torchrun.stderr, reports),
                                  daemon=True)
         relay.start()
         forwarded = []
@@ -66,7 +85,7 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
         def forward_once(signum, _frame):
             if not forwarded:
                 forwarded.append(signum)
-                torchrun.send_signal(signum)
+                _signal_ranks(torchrun, signum)
 
         previous = signal.signal(signal.SIGTERM, forward_once)
         try:
@@ -74,8 +93,9 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
         finally:
             signal.signal(signal.SIGTERM, previous)
             relay.join()
-        if error_file.is_file():
-            raise UserError(error_file.read_text().strip())
+        failure = _job_failure(reports, status)
+    if failure is not None:
+        raise failure
     if run_dir:
         starts = read_starts(run_dir)
         if len(starts) > starts_before and starts[-1].resumable:
@@ -85,46 +105,102 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
     return status
 
 
-def _relay_stderr(pipe, error_file: Path) -> None:
+def _signal_ranks(torchrun: subprocess.Popen, signum: int) -> None:
+    """Signal torchrun's workers (the ranks); torchrun itself only if it has none yet."""
+    import psutil
+
+    try:
+        ranks = psutil.Process(torchrun.pid).children()
+    except psutil.NoSuchProcess:
+        return
+    for process in ranks or [psutil.Process(torchrun.pid)]:
+        try:
+            process.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _relay_stderr(pipe, reports: Path) -> None:
     """Pass the job's stderr through as it comes (progress bars included) until a rank has
-    reported a user error; what follows is only the echo of that error."""
+    reported a failure; what follows is only the echo of that failure."""
     out = sys.stderr.buffer
+    keep_all = debugging()
     while chunk := os.read(pipe.fileno(), 65536):
-        if not error_file.exists():
+        if keep_all or not (reports / _FAILURE).exists():
             out.write(chunk)
             out.flush()
     pipe.close()
 
 
+def _job_failure(reports: Path, status: int) -> Optional[RunFailure]:
+    """The failure to report for the job, or None: a rank's report, preceded by any rank that
+    ended without a word (killed), which is then the first cause."""
+    silent = [(int(p.stem.split("-")[1]), p.read_text().strip())
+              for p in sorted(reports.glob("rank-*.pid")) if not p.with_suffix(".done").exists()]
+    killed = "; ".join(f"rank {rank} (pid {pid}) ended without a report (killed: a signal, or "
+                       f"the out-of-memory killer)" for rank, pid in silent)
+    report_path = reports / _FAILURE
+    if report_path.is_file():
+        report = json.loads(report_path.read_text())
+        message = report["message"]
+        if killed and report["status"] != 2:
+            message = f"{killed}; then {message}"
+        return RunFailure(message, report["status"])
+    if killed and status != 0:
+        return RunFailure(killed, EXIT_FAILED)
+    return None
+
+
 def run_rank(main: Callable[[], int], verb: str) -> int:
-    """A worker's entry point: ``main``'s status; a user error becomes one line and status 2."""
+    """A worker's entry point: ``main``'s status; a user error becomes one line and status 2, a
+    failure that is not a bug one line and status 4 (``launch/failures.py``)."""
     from megatron_cpt.runtime.quiet import quiet_known_warnings
 
+    die_with_parent(os.getppid())  # torchrun's agent, or whatever started this rank
+    rank = os.environ.get("RANK", "0")
+    reports = os.environ.get(REPORT_DIR_ENV)
+    if reports:
+        (Path(reports) / f"rank-{rank}.pid").write_text(str(os.getpid()))
     quiet_known_warnings()
     try:
         return main()
     except USER_ERRORS as exc:
-        _report(verb, one_line(exc))
+        report_failure(verb, one_line(exc), 2)
         return 2
-    except Exception:
-        if _reported_elsewhere():
-            return 2  # this rank lost its peers because another rank stopped on a user error
-        raise
+    except Exception as exc:  # noqa: BLE001 - a failure that is not a bug, or a bug (re-raised)
+        message = explain_failure(exc)
+        if message is None:
+            if _reported_elsewhere():
+                return EXIT_FAILED  # this rank lost its peers because another rank failed first
+            raise
+        if debugging():
+            traceback.print_exc()
+        report_failure(verb, f"rank {rank}: {message}", EXIT_FAILED)
+        return EXIT_FAILED
+    finally:
+        if reports:
+            (Path(reports) / f"rank-{rank}.done").touch()
 
 
-def _report(verb: str, message: str) -> None:
-    path = os.environ.get(ERROR_FILE_ENV)
-    if not path:  # started by another launcher: each failing rank says it once
+def report_failure(verb: str, message: str, status: int) -> None:
+    """Say ``message`` once for the job: in the report the launcher reads (the first rank to fail
+    wins), or, started by another launcher (Slurm), on this rank's stderr."""
+    reports = os.environ.get(REPORT_DIR_ENV)
+    if not reports:
         print(f"megatron-cpt {verb}: error: {message}", file=sys.stderr, flush=True)
         return
+    (Path(reports) / f"rank-{os.environ.get('RANK', '0')}.done").touch()  # it has spoken
+    path = Path(reports) / _FAILURE
+    staging = path.with_name(f"{_FAILURE}.{os.getpid()}")
+    staging.write_text(json.dumps({"message": message, "status": status}))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.link(staging, path)  # atomic, and fails when another rank reported first
     except FileExistsError:
-        return  # another rank reported first
-    with os.fdopen(fd, "w") as handle:
-        handle.write(message)
+        pass
+    finally:
+        staging.unlink()
 
 
 def _reported_elsewhere() -> bool:
-    path = os.environ.get(ERROR_FILE_ENV)
-    return bool(path) and Path(path).is_file()
+    reports = os.environ.get(REPORT_DIR_ENV)
+    return bool(reports) and (Path(reports) / _FAILURE).is_file()

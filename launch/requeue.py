@@ -53,7 +53,7 @@ def decide_after_stop(run_dir: str | Path) -> tuple[bool, str]:
     n = last.restart_count + 1 if last.job_id is not None else len(starts)
     if last.ended is None:
         return False, f"start {n} ended without a record (killed or crashed)"
-    if not last.resumable:
+    if not last.requeueable:
         return False, f"start {n} ended '{last.ended}'"
     if not last.made_progress:
         return False, f"start {n} trained no step (first step {last.first_step})"

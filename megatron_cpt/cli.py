@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from megatron_cpt.errors import UserError, one_line
@@ -32,6 +33,9 @@ VERBS = {
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The full parser of ``verb``; for any other verb only its name and help line."""
     parser = argparse.ArgumentParser(prog="megatron-cpt", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="print the tracebacks of failures that are otherwise one line "
+                             "(also MEGATRON_CPT_DEBUG=1)")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (module_name, help_line) in VERBS.items():
         if name == verb:
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(verb if verb in VERBS else None).parse_args(argv)
+    if args.debug:
+        os.environ["MEGATRON_CPT_DEBUG"] = "1"  # read by every rank (launch/local.py)
     from megatron_cpt.runtime.quiet import quiet_known_warnings
 
     quiet_known_warnings()
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except (UserError, FileNotFoundError, FileExistsError) as exc:
         print(f"megatron-cpt {args.verb}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)
     return int(result or 0)
 
 

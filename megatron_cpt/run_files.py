@@ -37,8 +37,10 @@ REQUEUE_REQUEST_FILE = "requeue.request"
 # validation batch, a list (what the ALMR fit's bootstrap resamples; jsonl only, not TensorBoard).
 LANGUAGE_LOSS = "val_loss_by_language/"
 LANGUAGE_BATCH_LOSSES = "val_batch_loss_by_language/"
-# Endings after which the run can go on from its checkpoint.
-RESUMABLE_ENDINGS = ("preempted", "time_limit")
+# Endings after which the run can go on from its newest checkpoint (exit status 75), and those
+# after which a Slurm job goes on by itself (not a full disk: space must be freed first).
+RESUMABLE_ENDINGS = ("preempted", "time_limit", "no_space")
+REQUEUE_ENDINGS = ("preempted", "time_limit")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -76,6 +78,10 @@ class RunStart:
     @property
     def resumable(self) -> bool:
         return self.ended in RESUMABLE_ENDINGS
+
+    @property
+    def requeueable(self) -> bool:
+        return self.ended in REQUEUE_ENDINGS
 
     @property
     def made_progress(self) -> bool:

@@ -63,6 +63,40 @@ def checkpoint_step(path: Path) -> int:
     return int(match.group(1))
 
 
+def checkpoint_bytes(path: str | Path) -> int:
+    """The size of a checkpoint directory's files."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def shortage_of_space(ckpt_dir: str | Path, pending_writes: int = 0) -> Optional[str]:
+    """Why the next checkpoint would not fit on ``ckpt_dir``'s file system, or None: it needs as
+    much as the newest whole checkpoint (and as much again for each write still in progress)."""
+    newest = find_resume_checkpoint(ckpt_dir)
+    if newest is None:
+        return None  # nothing to measure the next one by
+    needed = checkpoint_bytes(newest) * (1 + pending_writes)
+    free = shutil.disk_usage(ckpt_dir).free
+    if free >= needed:
+        return None
+    return (f"no room for the next checkpoint in '{ckpt_dir}': {free / 1e9:.3f} GB free, the last "
+            f"one ({newest.name}) took {needed / (1 + pending_writes) / 1e9:.3f} GB; free space and "
+            f"run the same command again to resume from {newest.name}")
+
+
+def remove_partial_writes(ckpt_dir: str | Path) -> list[str]:
+    """Remove what writes that never finished left behind (``step_N.tmp``, ``latest.tmp``) and
+    return their names. Only at the start of a run, before anything writes: a start is the only
+    writer of its checkpoint directory."""
+    removed = []
+    for path in sorted(Path(ckpt_dir).glob(f"*{PARTIAL_SUFFIX}")):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
 def prune(ckpt_dir: str | Path, keep_last: int) -> None:
     """Remove all but the newest ``keep_last`` whole checkpoints."""
     for _, path in whole_checkpoints(ckpt_dir)[:-keep_last]:

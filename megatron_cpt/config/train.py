@@ -27,6 +27,10 @@ class TrainConfig:
     # Wall-clock budget of one start, in minutes: stop with a checkpoint (exit status 75) before
     # another step and its save would exceed it. Measured from the start of training set-up.
     time_limit_minutes: Optional[float] = None
+    # After a stop signal, how long a rank may take to reach the next step boundary (at least
+    # three of its longest steps); one blocked longer, in a collective whose peer is gone, exits
+    # without a checkpoint instead of waiting for the collective timeout.
+    stop_grace_minutes: float = 10.0
 
     def validate(self, data_parallel_size: int) -> None:
         for name in ("steps", "global_batch_size", "micro_batch_size", "seq_length"):
@@ -43,6 +47,9 @@ class TrainConfig:
         if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
             raise ConfigError(f"train.time_limit_minutes: must be positive when set, got "
                               f"{self.time_limit_minutes}")
+        if self.stop_grace_minutes <= 0:
+            raise ConfigError(f"train.stop_grace_minutes: must be positive, got "
+                              f"{self.stop_grace_minutes}")
         if self.eval_interval < 0 or self.eval_steps <= 0:
             raise ConfigError("train.eval_interval / eval_steps: must be >= 0 / > 0")
 

@@ -12,6 +12,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ from megatron_cpt.checkpointing.dist_io import (apply_model_state, load_dist_che
                                                model_sharded_state_dict, pause_for_test, read_meta,
                                                save_dist_checkpoint)
 from megatron_cpt.checkpointing.run_checkpoints import (LATEST, find_resume_checkpoint, prune,
-                                                        step_dir_name)
+                                                        shortage_of_space, step_dir_name)
 from megatron_cpt.config.checkpoint import CheckpointConfig
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
@@ -112,6 +113,19 @@ def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, sche
         dist.barrier()
 
     return save_dist_checkpoint(state, ckpt_dir / name, meta, background, point_latest_at_it)
+
+
+def room_for_next_checkpoint(ckpt_dir: Path, pending_writes: int) -> Optional[str]:
+    """Collective: why the next checkpoint would not fit (as any rank sees its file system), or
+    None. Checked before each save, so that a full disk stops the run cleanly rather than
+    failing inside the writer."""
+    shortage = shortage_of_space(ckpt_dir, pending_writes) if ckpt_dir.is_dir() else None
+    flag = torch.tensor([int(shortage is not None)], dtype=torch.int32,
+                        device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return None
+    return shortage or f"no room for the next checkpoint in '{ckpt_dir}' on another rank"
 
 
 def check_model_matches(meta: dict, model: ModelConfig, source: str) -> None:

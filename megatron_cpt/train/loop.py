@@ -35,6 +35,7 @@ class TrainOutcome:
     last_loss: float
     checkpoint: str | None
     stop_reason: StopReason
+    message: str = ""  # why it stopped, when the reason alone does not say
 
 
 @dataclass
@@ -121,22 +122,32 @@ def record_step(state: TrainState, record: StepRecord, evals: dict[str, float]) 
             f"grad_norm {result.grad_norm or 0:.3f} {elapsed:.2f}s")
 
 
-def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) -> None:
+def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) -> StopReason:
     """Save every ``checkpoint.save_interval`` steps, and when the run stops: always when it can
-    resume later, at its end when ``checkpoint.save_at_end``. Sets ``record.checkpoint_save_s``."""
-    from megatron_cpt.train.checkpoint import save_training_checkpoint
+    resume later, at its end when ``checkpoint.save_at_end``. Sets ``record.checkpoint_save_s``.
+
+    Returns the stop reason, which becomes ``NO_SPACE`` when a due save would not fit on the
+    checkpoint file system: the run then stops without writing (``latest`` stays whole)."""
+    from megatron_cpt.train.checkpoint import room_for_next_checkpoint, save_training_checkpoint
 
     cfg, step = state.recipe, state.progress.step
     if state.checkpoint_writes is not None:
         # Commit the background writes every rank has finished; before the run stops, all of them.
         state.checkpoint_writes.maybe_finalize_async_calls(blocking=reason != StopReason.NONE)
     if state.saved_step == step or (not record.finite and cfg.train.nonfinite_loss == "stop"):
-        return
+        return reason
     interval = cfg.checkpoint.save_interval
-    due = (bool(interval) and step % interval == 0) or reason.resumable or (
+    due = (bool(interval) and step % interval == 0) or reason.saves or (
         reason == StopReason.FINISHED and cfg.checkpoint.save_at_end)
     if not due:
-        return
+        return reason
+    pending = state.checkpoint_writes.get_num_unfinalized_calls() if state.checkpoint_writes else 0
+    shortage = room_for_next_checkpoint(state.ckpt_dir, pending)
+    if shortage is not None:
+        if state.checkpoint_writes is not None:  # the writes already under way still commit
+            state.checkpoint_writes.maybe_finalize_async_calls(blocking=True)
+        state.stop_message = shortage
+        return StopReason.NO_SPACE
     start = time.perf_counter()
     background = state.checkpoint_writes if reason == StopReason.NONE else None
     state.last_saved = save_training_checkpoint(
@@ -149,6 +160,7 @@ def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) 
     else:
         record.checkpoint_background = True
         log(f"writing {state.last_saved.name} in the background")
+    return reason
 
 
 def run_training(recipe: Recipe, stops: StopRequests) -> TrainOutcome:
@@ -165,10 +177,12 @@ def run_training(recipe: Recipe, stops: StopRequests) -> TrainOutcome:
             evals = maybe_evaluate(state, record)
             reason = stops.agree(finished=state.progress.step >= state.final_step,
                                  next_step_s=record.step_time_s + state.longest_save_s)
-            maybe_checkpoint(state, record, reason)
+            reason = maybe_checkpoint(state, record, reason)
             record_step(state, record, evals)
         ended = reason.label
-        if reason.resumable:
+        if reason == StopReason.NO_SPACE:
+            log(f"stopped after step {state.progress.step}: {state.stop_message}")
+        elif reason.resumable:
             log(f"stopped after step {state.progress.step} ({ended}); resume from "
                 f"{state.last_saved}")
     except NonFiniteLossError:
@@ -180,4 +194,5 @@ def run_training(recipe: Recipe, stops: StopRequests) -> TrainOutcome:
                                     str(state.last_saved) if state.last_saved else None)
         state.metrics.close()
     return TrainOutcome(state.progress.step, state.last_loss,
-                        str(state.last_saved) if state.last_saved else None, reason)
+                        str(state.last_saved) if state.last_saved else None, reason,
+                        state.stop_message)

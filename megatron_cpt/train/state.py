@@ -54,6 +54,7 @@ class TrainState:
     last_loss: float = float("nan")
     consecutive_skips: int = 0
     longest_save_s: float = 0.0
+    stop_message: str = ""  # why the run stopped early, for the last line it prints
     # checkpoint.async_save: megatron-core's queue of background checkpoint writes.
     checkpoint_writes: object = None
 
@@ -83,7 +84,8 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.model.build import build_model, describe_layout
     from megatron_cpt.profile.throughput import ThroughputMeter
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
-    from megatron_cpt.checkpointing.run_checkpoints import find_resume_checkpoint
+    from megatron_cpt.checkpointing.run_checkpoints import (find_resume_checkpoint,
+                                                            remove_partial_writes)
     from megatron_cpt.train.checkpoint import check_model_matches, load_training_checkpoint
     from megatron_cpt.train.evaluation import validation_samples
     from megatron_cpt.train.schedule import build_scheduler
@@ -101,6 +103,11 @@ def build_state(cfg: Recipe) -> TrainState:
 
     # 3. Resume (our own checkpoint) wins over initial weights (a converted checkpoint).
     ckpt_dir = checkpoint_dir(cfg)
+    if dist.get_rank() == 0 and ckpt_dir.is_dir():
+        for name in remove_partial_writes(ckpt_dir):
+            print(f"[megatron-cpt] removed {ckpt_dir / name}: a checkpoint write an earlier start "
+                  f"did not finish (never read)", flush=True)
+    dist.barrier()
     progress = TrainingProgress()
     resume_from = find_resume_checkpoint(ckpt_dir) if cfg.checkpoint.resume else None
     if resume_from is not None:

@@ -35,7 +35,7 @@ def train_this_rank(recipe: Recipe, stops: Optional["StopRequests"] = None) -> i
     if stops is None:
         stops = StopRequests()
         stops.install()
-    stops.set_time_limit(recipe.train.time_limit_minutes)
+    stops.set_time_limit(recipe.train.time_limit_minutes, recipe.train.stop_grace_minutes)
 
     run_dir = Path(recipe.logging.run_dir)
     try:
@@ -49,6 +49,8 @@ def train_this_rank(recipe: Recipe, stops: Optional["StopRequests"] = None) -> i
         loss = "" if math.isnan(outcome.last_loss) else f", loss {outcome.last_loss:.4f}"
         print(f"[megatron-cpt] {outcome.stop_reason.label}: step {outcome.last_step}{loss}, "
               f"run dir {run_dir}, checkpoint {outcome.checkpoint}", flush=True)
+        if outcome.message:
+            print(f"megatron-cpt train: stopped: {outcome.message}", flush=True)
     if is_logging_rank() and "SLURM_JOB_ID" in os.environ:
         from megatron_cpt.launch.requeue import request_requeue_if_due
 
@@ -65,13 +67,16 @@ def train_this_rank(recipe: Recipe, stops: Optional["StopRequests"] = None) -> i
 
 def main(argv: list[str]) -> int:
     from megatron_cpt.launch.environment import adopt_slurm_rank_environment
-    from megatron_cpt.launch.local import run_rank
+    from megatron_cpt.launch.failures import EXIT_FAILED
+    from megatron_cpt.launch.local import report_failure, run_rank
     from megatron_cpt.train.preemption import StopRequests
 
     stops = StopRequests()
     stops.install()  # before anything slow: Slurm's warning may come while the rank starts
     adopt_slurm_rank_environment()
-
+    rank = os.environ.get("RANK", "0")
+    stops.on_stuck = lambda message: report_failure("train", f"rank {rank}: {message}",
+                                                    EXIT_FAILED)
     return run_rank(lambda: train_this_rank(load_recipe(argv[0], argv[1:]), stops), "train")
 
 

@@ -116,6 +116,8 @@ def test_kills_during_write_rename_and_latest_update_keep_the_previous(setup):
     out = _run_until_then_kill(args, lambda: (ckpt / "paused-at-rename").exists(),
                                root / "kill2.log", {PAUSE_ENV: "rename"})
     assert resumed in out
+    # The start found the first kill's partial write, said so and removed it before writing anew.
+    assert f"removed {ckpt / 'step_000010.tmp'}: a checkpoint write an earlier start" in out
     assert (ckpt / "step_000010.tmp" / "megatron_cpt.json").is_file() and not step10.exists()
     assert (ckpt / "latest").read_text().strip() == "step_000005"
     (ckpt / "paused-at-rename").unlink()
