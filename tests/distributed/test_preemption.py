@@ -82,6 +82,10 @@ def test_sigterm_after_interval_saves_exits_resumable(setup, async_save):
               proc, 300, "three steps")
         proc.send_signal(signal.SIGTERM)  # to `megatron-cpt train`, as a user or a scheduler would
         ckpt = run_dir / "checkpoints"
+        # Once the ranks have taken the first signal (two signals close together count as one)
+        # and a checkpoint is being written.
+        _wait(lambda: log_path.read_text().count("SIGTERM received: saving") == 2, proc, 120,
+              "the ranks to take the signal")
         _wait(lambda: any(ckpt.glob("step_*.tmp")), proc, 120, "the checkpoint write")
         # Again, to the launcher, every rank and every process they started (checkpoint writers).
         _signal_all(proc.pid, signal.SIGTERM)
