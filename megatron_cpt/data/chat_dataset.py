@@ -143,8 +143,12 @@ def resolve_chat_data(data: DataConfig, train: TrainConfig, vocab_size: Optional
         stats = _read_stats(prefix, where)
         _check_stats(stats, where, data, train, vocab_size, chat_format)
         chat_format = chat_format or stats["chat_format"]
-        lengths = IndexedDataset(prefix).sequence_lengths.astype(np.int64)
-        if not np.array_equal(lengths, IndexedDataset(prefix + MASK_SUFFIX).sequence_lengths):
+        # The lengths are views of the index's memory map: copied while the dataset is alive.
+        ids, mask = IndexedDataset(prefix), IndexedDataset(prefix + MASK_SUFFIX)
+        lengths = ids.sequence_lengths.astype(np.int64)
+        same = np.array_equal(lengths, mask.sequence_lengths)
+        del ids, mask
+        if not same:
             raise ConfigError(f"{where}: its ids and loss mask hold sequences of different lengths")
         valid, kept = _split(len(lengths), chat.valid_share, train.seed + i)
         if with_validation and not len(valid):

@@ -29,6 +29,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     _register_prepare_chat(sub)
     _register_train_tokenizer(sub)
     _register_demo_corpus(sub)
+    _register_demo_chat(sub)
     _register_inspect_mix(sub)
 
 
@@ -156,6 +157,26 @@ def _run_demo_corpus(args: argparse.Namespace) -> int:
                                   apt_get=shutil.which("apt-get")) if args.install_missing else None
     return build_demo_corpus(args.out, max_docs=args.max_docs, require_all=args.require_all,
                              installer=installer)
+
+
+def _register_demo_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo-chat",
+                       help="bilingual chat set from the demo corpus's manual pages (NAME lines)")
+    p.add_argument("corpus", metavar="CORPUS", help="directory written by `data demo-corpus`")
+    p.add_argument("--output", required=True, metavar="FILE", help="the chat JSONL to write")
+    p.add_argument("--per-language", type=int, default=24, metavar="N",
+                   help="conversations per language (default 24)")
+    p.set_defaults(func=_run_demo_chat)
+
+
+def _run_demo_chat(args: argparse.Namespace) -> int:
+    from megatron_cpt.data.demo_chat import build_demo_chat
+
+    entries = build_demo_chat(args.corpus, args.output, args.per_language)
+    counts = {lang: sum(e.language == lang for e in entries) for lang in ("en", "zh")}
+    print(f"wrote {args.output}: {len(entries)} conversations ({counts['en']} English, "
+          f"{counts['zh']} Chinese), e.g. {entries[0].question!r} -> {entries[0].answer!r}")
+    return 0
 
 
 def _register_inspect_mix(sub: argparse._SubParsersAction) -> None:
