@@ -75,7 +75,8 @@ class ChatPlan:
             "chat_format": {k: v for k, v in self.chat_format.items() if k != "template"},
             "sources": [{"name": s.name, "prefix": s.prefix, "conversations": len(s.lengths),
                          "train_conversations": len(s.train), "valid_conversations": len(s.valid),
-                         "tokens": int(s.lengths.sum()), "trained_tokens": s.trained_tokens}
+                         "tokens": int(s.lengths.sum()), "trained_tokens": s.trained_tokens,
+                         "valid_indices": s.valid.tolist()}
                         for s in self.sources]}
 
     def format_table(self) -> str:
@@ -169,39 +170,40 @@ def resolve_chat_data(data: DataConfig, train: TrainConfig, vocab_size: Optional
                     pack_best_fit(valid_lengths, train.seq_length), train.global_batch_size, steps)
 
 
-@dataclass
-class _Conversations:
-    """The conversations of several prefixes behind one global index."""
+class IndexedConversations:
+    """The training or the held-out conversations of a plan's sources, in packing order."""
 
-    sources: list[ChatSource]
-    ids: list = field(default_factory=list)
-    masks: list = field(default_factory=list)
-
-    def __post_init__(self):
+    def __init__(self, sources: list[ChatSource], part: str):
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        self.ids = [IndexedDataset(s.prefix) for s in self.sources]
-        self.masks = [IndexedDataset(s.prefix + MASK_SUFFIX) for s in self.sources]
+        # Items are views of memory maps: the datasets live as long as this object.
+        self.ids = [IndexedDataset(s.prefix) for s in sources]
+        self.masks = [IndexedDataset(s.prefix + MASK_SUFFIX) for s in sources]
+        self.members = [(i, int(doc)) for i, s in enumerate(sources) for doc in getattr(s, part)]
 
-    def select(self, part: str) -> list[tuple[int, int]]:
-        """(source, document) of the training or held-out conversations, in packing order."""
-        return [(i, int(doc)) for i, s in enumerate(self.sources) for doc in getattr(s, part)]
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, loss mask) of conversation ``index``."""
+        source, doc = self.members[index]
+        return self.ids[source][doc], self.masks[source][doc]
 
 
 class PackedChatDataset:
-    """Sequences of packed conversations; item ``i`` of a training set is in epoch
-    ``i // packs``, whose order of packs is drawn from ``seed`` and the epoch."""
+    """Sequences of packed conversations. ``conversations.get(i)`` gives conversation i's ids and
+    loss mask. With a ``seed`` (training), item ``i`` is in epoch ``i // packs``, whose order of
+    packs is drawn from the seed and the epoch; without (validation), the packs in order, then
+    empty ones up to ``length``."""
 
-    def __init__(self, conversations: _Conversations, members: list[tuple[int, int]],
-                 packing: Packing, seq_length: int, pad_id: int, length: int,
-                 seed: Optional[int]):
+    def __init__(self, conversations, packing: Packing, seq_length: int, pad_id: int,
+                 length: int, seed: Optional[int]):
         self.conversations = conversations
-        self.members = members
         self.packs = packing.packs
         self.seq_length = seq_length
         self.pad_id = pad_id
         self.length = length
-        self.seed = seed  # None: packs in order, then empty packs (a validation window)
+        self.seed = seed
         self._epoch_order: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -227,9 +229,7 @@ class PackedChatDataset:
         position_ids = np.zeros(seq, dtype=np.int64)
         boundaries = [0]
         for member in ([] if pack is None else pack.tolist()):
-            source, doc = self.members[member]
-            ids = self.conversations.ids[source][doc]
-            trained = self.conversations.masks[source][doc]
+            ids, trained = self.conversations.get(member)
             at, n = boundaries[-1], len(ids)
             tokens[at:at + n] = ids
             labels[at:at + n - 1] = ids[1:]
@@ -263,13 +263,12 @@ class ChatTrainingData:
 def build_chat_training_data(data: DataConfig, train: TrainConfig, num_valid_samples: int,
                              plan: ChatPlan) -> ChatTrainingData:
     """The packed training set (``plan.steps`` global batches) and the validation window."""
-    conversations = _Conversations(plan.sources)
-    train_set = PackedChatDataset(conversations, conversations.select("train"),
-                                  plan.train_packing, train.seq_length, data.eod_token_id,
+    train_set = PackedChatDataset(IndexedConversations(plan.sources, "train"), plan.train_packing,
+                                  train.seq_length, data.eod_token_id,
                                   plan.steps * train.global_batch_size, seed=train.seed)
     valid_set = None
     if num_valid_samples:
-        valid_set = PackedChatDataset(conversations, conversations.select("valid"),
+        valid_set = PackedChatDataset(IndexedConversations(plan.sources, "valid"),
                                       plan.valid_packing, train.seq_length, data.eod_token_id,
                                       num_valid_samples, seed=None)
     return ChatTrainingData(plan, train_set, valid_set)

@@ -166,7 +166,8 @@ class TemplateChatFormat(ChatFormat):
         """The last special token of an assistant turn: what the model learns to stop with."""
         probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
         rendered = self.render(probe)
-        special = set(self._hf.all_special_ids)
+        special = set(self._hf.all_special_ids) | {
+            i for i, token in self._hf.added_tokens_decoder.items() if token.special}
         ends = [i for i, t in zip(rendered.ids, rendered.trained) if t and i in special]
         if not ends:
             raise UserError(f"tokenizer '{self._spec}': its chat_template ends an assistant turn "
