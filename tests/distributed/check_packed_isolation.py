@@ -12,6 +12,8 @@ TOKENS`` from the DP2 layout.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -85,19 +87,18 @@ def isolation(model_chunks) -> list[float]:
     span, own = slice(20, 37), slice(0, 17)
     trained = packed["loss_mask"][span].bool()
     assert torch.equal(packed["position_ids"][span], torch.arange(17))  # positions restart
-    results = []
-    for with_labels in (False, True):
-        a = forward(model_chunks, packed, True, with_labels)
-        if a is None:
-            return []
-        b = forward(model_chunks, alone, True, with_labels)
-        c = forward(model_chunks, changed, True, with_labels)
-        pick = (lambda t, s: t[s][trained]) if with_labels else (lambda t, s: t[s])
-        results.append((pick(a, span) - pick(b, own)).abs().max().item())
-        if not with_labels:
-            other = (a[span] - c[span]).abs().max().item()
-            unpacked = (forward(model_chunks, packed, False, False)[span] - b[own]).abs().max().item()
-    return [results[0], results[1], other, unpacked]
+    # Every stage runs every forward pass; only the last one holds outputs to compare.
+    runs = {(sample, packed_, labels): forward(model_chunks, data, packed_, labels)
+            for sample, data in (("packed", packed), ("alone", alone), ("changed", changed))
+            for packed_ in (True, False) for labels in (False, True)}
+    if runs["packed", True, False] is None:
+        return []
+    logits, losses = ({name: runs[name, True, labels] for name in ("packed", "alone", "changed")}
+                      for labels in (False, True))
+    return [(logits["packed"][span] - logits["alone"][own]).abs().max().item(),
+            (losses["packed"][span][trained] - losses["alone"][own][trained]).abs().max().item(),
+            (logits["packed"][span] - logits["changed"][span]).abs().max().item(),
+            (runs["packed", False, False][span] - logits["alone"][own]).abs().max().item()]
 
 
 def loss_over_dp_and_microbatches(ddp_chunks, dp_rank: int) -> tuple[float, float, int]:
@@ -126,6 +127,12 @@ def loss_over_dp_and_microbatches(ddp_chunks, dp_rank: int) -> tuple[float, floa
     return loss, nll / direct_count, count
 
 
+def say(line: str) -> None:
+    """One write per line: the ranks share the pipe, and print() may split a line in two."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main() -> None:
     import dataclasses
 
@@ -148,13 +155,13 @@ def main() -> None:
             chunk.eval()
         diffs = isolation(chunks)
         if diffs:
-            print(f"layout {name} rank {torch.distributed.get_rank()} logits {diffs[0]:.3e} losses {diffs[1]:.3e} "
-                  f"other_changed {diffs[2]:.3e} unpacked {diffs[3]:.3e}", flush=True)
+            say(f"layout {name} rank {torch.distributed.get_rank()} logits {diffs[0]:.3e} "
+                f"losses {diffs[1]:.3e} other_changed {diffs[2]:.3e} unpacked {diffs[3]:.3e}")
         if name == "tp1":  # DP2: both ranks hold the whole model
             sft, direct, tokens = loss_over_dp_and_microbatches(wrap_with_ddp(chunks, parallel),
                                                                 parallel_state.get_data_parallel_rank())
             if parallel_state.get_data_parallel_rank() == 0:
-                print(f"loss {sft!r} {direct!r} {tokens}", flush=True)
+                say(f"loss {sft!r} {direct!r} {tokens}")
         parallel_state.destroy_model_parallel()
     destroy_parallel()
 
