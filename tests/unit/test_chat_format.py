@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from chat_fixtures import LLAMA3_MODEL, MULTI_TURN, write_chat_jsonl, write_small_llama3
 from llama_models.datatypes import RawMessage, StopReason
 from llama_models.llama3 import tokenizer as llama3_tokenizer
 from llama_models.llama3.chat_format import ChatFormat as ReferenceChatFormat
@@ -16,15 +17,7 @@ from llama_models.llama3.chat_format import ChatFormat as ReferenceChatFormat
 from megatron_cpt.cli import main
 from megatron_cpt.data.chat_format import LLAMA3_CHAT_TEMPLATE, load_chat_format
 
-LLAMA3_MODEL = Path(llama3_tokenizer.__file__).with_name("tokenizer.model")
 LLAMA3 = f"tiktoken:{LLAMA3_MODEL}"
-MULTI_TURN = [
-    {"role": "system", "content": "You answer in one line."},
-    {"role": "user", "content": "What is ls?"},
-    {"role": "assistant", "content": "ls - list directory contents"},
-    {"role": "user", "content": "命令 cp 是什么？"},
-    {"role": "assistant", "content": "cp - 复制文件和目录"},
-]
 CONVERSATIONS = [MULTI_TURN, MULTI_TURN[1:3], MULTI_TURN[1:],
                  [{"role": "user", "content": "Write  two\n\nlines."},
                   {"role": "assistant", "content": "One,\n\ttwo; 3 + 4 = 7 <|eot_id|> as text"}]]
@@ -37,12 +30,7 @@ def llama3():
 
 @pytest.fixture(scope="module")
 def small_llama3(tmp_path_factory) -> str:
-    """Llama-3's layout over the first 4000 ranks of its file: quick to load, same pieces for
-    the short texts of these tests."""
-    ranks = tmp_path_factory.mktemp("small_llama3") / "small.tiktoken"
-    with LLAMA3_MODEL.open() as source:
-        ranks.write_text("".join(line for line, _ in zip(source, range(4000))))
-    return f"tiktoken:{ranks}"
+    return write_small_llama3(tmp_path_factory.mktemp("small_llama3") / "small.tiktoken")
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +96,6 @@ def test_template_tokenizer_renders_as_transformers_and_trains_the_answers(tmp_p
     assert hf.end_of_turn_id == llama3.end_of_turn_id == 4000 + 9
 
 
-def _write(path: Path, records) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in records), encoding="utf-8")
-    return path
-
-
 GOOD = {"prompt": "What is ls?", "response": "ls - list directory contents"}
 BAD_INPUT = [
     ({"messages": [{"role": "system", "content": "Hi."}, {"role": "user", "content": "ls?"}]},
@@ -137,7 +119,7 @@ BAD_INPUT = [
                          ids=["no-assistant", "unknown-role", "assistant-first", "user-twice",
                               "empty-content", "empty-instruction", "too-long"])
 def test_bad_input_is_one_line_naming_file_and_line(tmp_path, capsys, small_llama3, record, message):
-    source = _write(tmp_path / "chat.jsonl", [GOOD, record])
+    source = write_chat_jsonl(tmp_path / "chat.jsonl", [GOOD, record])
     out = tmp_path / "out"
     status = main(["data", "prepare-chat", "--input", str(source), "--output-prefix",
                    str(out / "chat"), "--tokenizer", small_llama3, "--seq-length", "64",
@@ -156,7 +138,7 @@ def test_a_tokenizer_without_a_chat_format_is_refused(tmp_path, capsys):
     sentencepiece.SentencePieceTrainer.Train(
         sentence_iterator=iter(["ls lists directory contents"] * 50), model_prefix=str(tmp_path / "sp"),
         vocab_size=40, model_type="bpe", minloglevel=2)
-    source = _write(tmp_path / "chat.jsonl", [GOOD])
+    source = write_chat_jsonl(tmp_path / "chat.jsonl", [GOOD])
     for spec in (f"sp:{tmp_path / 'sp.model'}", f"hf:{_hf_without_template(tmp_path)}"):
         status = main(["data", "prepare-chat", "--input", str(source), "--output-prefix",
                        str(tmp_path / "out" / "chat"), "--tokenizer", spec, "--seq-length", "64"])
@@ -181,7 +163,7 @@ def test_layouts_counts_and_too_long_policies(tmp_path, capsys, llama3):
     records = [{"messages": MULTI_TURN}, GOOD,
                {"instruction": "Name the command.", "input": "It copies files.", "output": "cp"},
                long_answer]
-    source = _write(tmp_path / "chat.jsonl", records)
+    source = write_chat_jsonl(tmp_path / "chat.jsonl", records)
     truncated = llama3.render([{"role": "user", "content": "Say it."},
                                {"role": "assistant", "content": "word " * 80}])
     for policy, kept in (("truncate", 4), ("drop", 3)):
