@@ -181,7 +181,8 @@ def _run_demo_chat(args: argparse.Namespace) -> int:
 
 def _register_inspect_mix(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect-mix",
-                       help="draw the first N steps' training samples; realized share per source")
+                       help="draw the first N steps' training samples; realized share per source "
+                            "(a data.chat recipe: its packing and epochs)")
     p.add_argument("recipe", help="YAML recipe with a data section")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. data.mixture.almr=0.7 train.steps=1000")
@@ -200,7 +201,15 @@ def _run_inspect_mix(args: argparse.Namespace) -> int:
     from megatron_cpt.config.recipe import load_recipe
     from megatron_cpt.data.inspect_mix import inspect_mix
 
-    report = inspect_mix(load_recipe(args.recipe, args.overrides), steps=args.steps)
+    recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.data.chat is not None:  # fine-tuning data: the packing and the epochs instead
+        from megatron_cpt.data.chat_dataset import resolve_chat_data
+
+        plan = resolve_chat_data(recipe.data, recipe.train, recipe.model.vocab_size,
+                                 with_validation=recipe.train.eval_interval > 0)
+        print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.format_table())
+        return 0
+    report = inspect_mix(recipe, steps=args.steps)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
     if args.tolerance is not None and report.max_deviation > args.tolerance:
         print(f"megatron-cpt data: a realized share is {report.max_deviation:.4f} off its "
