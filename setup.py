@@ -36,6 +36,8 @@ setup(
         "matplotlib",
         "scipy",  # shape-preserving interpolation of the ALMR study's loss curves
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    # llama-models: Meta's reference Llama-3 ChatFormat and its tokenizer.model, which the chat
+    # data tests compare against.
+    extras_require={"test": ["pytest", "pytest-timeout", "llama-models==0.3.0"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},
 )

@@ -15,7 +15,8 @@ The tokenizer files and ``generation_config.json`` come from ``--hf-config-from`
 directory the checkpoint was converted from if it still exists. ``--tokenizer-from DIR`` takes the
 tokenizer files from DIR instead (e.g. the output of ``megatron-cpt data train-tokenizer``, for a
 model trained from scratch on its ids); its bos/eos tokens then set the token ids of
-``config.json`` and ``generation_config.json``, and it must fit the model's vocabulary.
+``config.json`` and ``generation_config.json``, and it must fit the model's vocabulary. A checkpoint
+fine-tuned on chat data also gets its chat template and end-of-turn stop token (``chat_export.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from megatron_cpt.errors import CheckpointError
 from megatron_cpt.config.loader import build_dataclass
 from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.model import ModelConfig
+from megatron_cpt.conversion.chat_export import (check_chat_tokenizer, with_end_of_turn,
+                                                 write_chat_template)
 from megatron_cpt.conversion.hf_io import (ShardedSafetensorsWriter, copy_tokenizer_files, parse_size,
                                            tokenizer_token_ids, write_json)
 from megatron_cpt.conversion.llama import (VOCAB, TensorMapping, hf_shapes, iter_hf_groups,
@@ -136,12 +139,17 @@ def write_side_files(out: Path, cfg: ModelConfig, dtype: str, source: Optional[P
         generation = json.loads((source / "generation_config.json").read_text())
     else:
         generation = meta.get("hf_generation_config") or generation_config_for(config)
-    write_json(out / "generation_config.json", generation | token_ids)
+    generation = generation | token_ids
+    chat = meta.get("chat")  # a fine-tuned checkpoint: stop at the end of a turn too
+    write_json(out / "generation_config.json",
+               with_end_of_turn(generation, chat) if chat else generation)
     tokenizer_dir = tokenizer_dir or source
     copied = copy_tokenizer_files(tokenizer_dir, out) if tokenizer_dir else []
     if not copied:
         print("mcore-to-hf: note: no tokenizer files written (pass --tokenizer-from DIR or "
               "--hf-config-from DIR to copy them)")
+    if chat and copied:
+        write_chat_template(out, chat)
 
 
 def write_safetensors(ckpt: Path, metadata: dict, cfg: ModelConfig, out: Path, dtype: torch.dtype,
@@ -180,6 +188,8 @@ def run_mcore_to_hf(args: argparse.Namespace) -> int:
     tokenizer_dir = Path(args.tokenizer_from) if args.tokenizer_from else None
     _base_config(source, meta, cfg)  # fail on a mismatching --hf-config-from before any work
     tokenizer_ids_for(tokenizer_dir, cfg)  # ... or on a tokenizer that does not fit the model
+    if meta.get("chat") and (tokenizer_dir or source):
+        check_chat_tokenizer(tokenizer_dir or source, meta["chat"])  # ... or without its chat tokens
     with single_rank_session():
         metadata = read_tensor_metadata(ckpt)
         check_checkpoint_tensors(metadata, cfg, ckpt)

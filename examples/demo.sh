@@ -5,7 +5,9 @@
 #   -> continual pre-training from it with ALMR 0.33 (TP=2, 2 ranks), validation loss per source
 #      and language (the Chinese losses fall, the English ones show what is forgotten)
 #   -> the realized mixture checked with `data inspect-mix` -> checkpoint -> Hugging Face export
-#   (weights + the tokenizer) -> a few tokens generated from it with transformers.
+#   (weights + the tokenizer) -> a few tokens generated from it with transformers
+#   -> supervised fine-tuning into a chat model on questions about the manual pages, its chat
+#   export, and its answers (examples/demo_sft.sh).
 # The corpus reads the Debian packages fortunes-zh manpages-zh fortunes manpages: run as root
 # with apt-get, the script installs missing ones; otherwise it stops and prints the command.
 # Everything goes under outputs/demo/, rebuilt on each run.
@@ -96,6 +98,9 @@ if ! $CLI convert generate --hf-dir "$OUT/hf" --max-new-tokens "$GEN_TOKENS" "${
     exit 1
 fi
 
+# shellcheck source=examples/demo_sft.sh
+source examples/demo_sft.sh
+
 stage "done in $((SECONDS - START)) s"
 cat <<EOF
   corpus              $OUT/corpus (manifest.json)
@@ -108,5 +113,8 @@ cat <<EOF
   checkpoint          $CKPT
   Hugging Face model  $OUT/hf (AutoTokenizer / AutoModelForCausalLM.from_pretrained)
   generated text      $OUT/logs/generate.txt
+  chat set            $OUT/chat/man_qa.jsonl (+ .bin/.idx, .mask.bin/.idx, .stats.json)
+  SFT run             $OUT/sft (chat_data.json: packing, held-out conversations)
+  chat model          $OUT/hf_chat (apply_chat_template; answers in $OUT/logs/chat.txt)
   logs                $OUT/logs
 EOF

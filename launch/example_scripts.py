@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = {
     "llama3_8b_cpt_8xh100_fp8": (1, 8, "04:00:00"),
     "llama3_70b_cpt_64xh100_fp8": (8, 8, "24:00:00"),
+    "llama3_8b_sft_8xh100_fp8": (1, 8, "04:00:00"),
+    "llama3_70b_sft_64xh100_fp8": (8, 8, "24:00:00"),
 }
 
 

@@ -7,6 +7,8 @@ Two ways to name the data:
   the split of the other ``1 - almr`` by tag. ``megatron_cpt.data.mixture`` turns it into
   megatron-core blend weights from each source's token count.
 - ``data.paths`` (+ optional raw ``weights``): megatron-core's own blend list, kept for quick runs.
+- ``data.chat`` (supervised fine-tuning): conversations written by ``megatron-cpt data
+  prepare-chat``, packed into sequences of ``train.seq_length`` (``megatron_cpt.data.chat_dataset``).
 
 Everything here is checked without touching the disk, so cluster recipes validate anywhere; the
 checks that need the files (token counts, empty sources) run when the mixture is resolved.
@@ -132,12 +134,51 @@ def _format_shares(shares: dict[str, float]) -> str:
 
 
 @dataclass
+class ChatDataConfig:
+    """Supervised fine-tuning on conversations (docs/SFT.md)."""
+
+    prefixes: list[str] = field(default_factory=list)
+    """Prefixes written by ``megatron-cpt data prepare-chat`` (ids, loss mask, stats)."""
+    valid_share: float = 0.05
+    """Share of each prefix's conversations held out for validation (``val_loss``)."""
+    epochs: Optional[float] = None
+    """Passes over the training conversations; when set, ``train.steps`` is computed from the
+    packed data when the data is resolved, and must be left out of the recipe."""
+
+    def validate(self) -> None:
+        if not self.prefixes:
+            raise ConfigError("data.chat.prefixes: at least one prefix of `megatron-cpt data "
+                              "prepare-chat` output is required")
+        for i, prefix in enumerate(self.prefixes):
+            if not prefix or prefix.endswith((".bin", ".idx")):
+                raise ConfigError(f"data.chat.prefixes[{i}]: '{prefix}' should be the prefix "
+                                  "without .bin/.idx")
+        if not 0.0 <= self.valid_share < 1.0:
+            raise ConfigError(f"data.chat.valid_share: must be in [0, 1), got {self.valid_share}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"data.chat.epochs: must be positive, got {self.epochs}")
+
+    def validate_run(self, micro_batch_size: int, attention_backend: str) -> None:
+        """What packed sequences need from the rest of the recipe."""
+        if micro_batch_size != 1:
+            raise ConfigError(f"train.micro_batch_size: packed conversations run one sequence per "
+                              f"micro-batch (megatron-core's THD layout); set it to 1, got "
+                              f"{micro_batch_size}")
+        if attention_backend == "local":
+            raise ConfigError("model.attention_backend: 'local' (megatron-core's reference "
+                              "attention) cannot keep packed conversations apart; use auto, te "
+                              "or sdpa")
+
+
+@dataclass
 class DataConfig:
     mixture: Optional[MixtureConfig] = None
     # Prefixes of megatron-core indexed datasets (PREFIX.bin / PREFIX.idx), instead of a mixture.
     paths: list[str] = field(default_factory=list)
     # Raw blend weights, one per path; None = in proportion to token counts.
     weights: Optional[list[float]] = None
+    # Supervised fine-tuning data instead of a mixture or paths.
+    chat: Optional[ChatDataConfig] = None
     eod_token_id: int = 0
     # Train/valid/test split in percent of the documents of each source, e.g. "98,1,1". Validation
     # sets come from the valid part; the test part is held out and never read.
@@ -148,6 +189,12 @@ class DataConfig:
     batch_digest: bool = True
 
     def validate(self) -> None:
+        if self.chat is not None:
+            if self.mixture is not None or self.paths or self.weights is not None:
+                raise ConfigError("data.chat: give either data.chat, data.mixture or data.paths, "
+                                  "not several")
+            self.chat.validate()
+            return
         if self.mixture is not None:
             if self.paths or self.weights is not None:
                 raise ConfigError("data.paths: give either data.mixture or data.paths "

@@ -11,6 +11,9 @@ from megatron_cpt.errors import ConfigError
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = 0
+    # Warm-up as a share of train.steps instead (fine-tuning recipes state it so, and a run whose
+    # steps come from data.chat.epochs needs it); rounded to whole steps.
+    warmup_fraction: Optional[float] = None
     # cosine | linear | constant | wsd (warmup-stable-decay).
     decay_style: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     # Steps over which LR decays after warm-up; None = until the end of training.
@@ -53,10 +56,16 @@ class OptimConfig:
         s = self.schedule
         if s.warmup_steps < 0:
             raise ConfigError(f"optim.schedule.warmup_steps: must be >= 0, got {s.warmup_steps}")
+        if s.warmup_fraction is not None:
+            if s.warmup_steps:
+                raise ConfigError("optim.schedule.warmup_fraction: give it or warmup_steps, not both")
+            if not 0 <= s.warmup_fraction < 1:
+                raise ConfigError(f"optim.schedule.warmup_fraction: must be in [0, 1), got "
+                                  f"{s.warmup_fraction}")
         decay = self.decay_steps(train_steps)
         if decay <= 0:
-            raise ConfigError(
-                f"optim.schedule.decay_steps: warm-up ({s.warmup_steps}) leaves no steps to decay over")
+            raise ConfigError(f"optim.schedule.decay_steps: warm-up ({self.warmup_steps(train_steps)}) "
+                              "leaves no steps to decay over")
         if s.decay_style == "wsd":
             if s.wsd_decay_steps is None or not 0 < s.wsd_decay_steps <= decay:
                 raise ConfigError(
@@ -65,6 +74,13 @@ class OptimConfig:
         if not 0 <= s.init_lr <= self.lr:
             raise ConfigError(f"optim.schedule.init_lr: must be in [0, optim.lr], got {s.init_lr}")
 
+    def warmup_steps(self, train_steps: int) -> int:
+        s = self.schedule
+        if s.warmup_fraction is None:
+            return s.warmup_steps
+        return round(s.warmup_fraction * train_steps)
+
     def decay_steps(self, train_steps: int) -> int:
         s = self.schedule
-        return s.decay_steps if s.decay_steps is not None else train_steps - s.warmup_steps
+        return s.decay_steps if s.decay_steps is not None else train_steps - self.warmup_steps(
+            train_steps)

@@ -59,6 +59,8 @@ class Recipe:
                 f"({self.train.num_microbatches(dp)}) to be a multiple of parallel.pp={self.parallel.pp}")
         self.optim.validate(self.train.steps)
         self.data.validate()
+        if self.data.chat is not None:
+            self.data.chat.validate_run(self.train.micro_batch_size, self.model.attention_backend)
         if self.data.eod_token_id >= self.model.vocab_size or self.data.eod_token_id < 0:
             raise ConfigError(
                 f"data.eod_token_id: {self.data.eod_token_id} is outside the vocabulary "
@@ -81,6 +83,11 @@ def recipe_from_dict(tree: dict) -> Recipe:
         raise ConfigError("model: expected a mapping")
     if model.get("preset"):
         tree["model"] = {**preset_fields(model["preset"]), **model}
+    chat = (tree.get("data") or {}).get("chat") if isinstance(tree.get("data"), dict) else None
+    if isinstance(chat, dict) and chat.get("epochs") is not None and "steps" in (
+            tree.get("train") or {}):
+        raise ConfigError("train.steps: data.chat.epochs sets the number of steps; give one of "
+                          "the two")
     return build_dataclass(Recipe, tree)
 
 

@@ -38,6 +38,8 @@ class TrainingData:
     train: object  # BlendedDataset, or GPTDataset for a single source
     valid: Optional[object]  # the blend's validation split
     valid_by_source: dict[str, object] = field(default_factory=dict)
+    # Recorded in every checkpoint's megatron_cpt.json (chat data records its chat format).
+    checkpoint_meta: dict = field(default_factory=dict)
 
 
 def gpt_dataset_config(data: DataConfig, train: TrainConfig, vocab_size: int, blend,
@@ -65,16 +67,33 @@ def gpt_dataset_config(data: DataConfig, train: TrainConfig, vocab_size: int, bl
     return config
 
 
+def resolve_training_data(data: DataConfig, train: TrainConfig, vocab_size: Optional[int],
+                          with_validation: bool):
+    """The plan of a run's data, checked against the files: a ``MixturePlan`` (pre-training) or a
+    ``ChatPlan`` (``data.chat``, fine-tuning)."""
+    if data.chat is not None:
+        from megatron_cpt.data.chat_dataset import resolve_chat_data
+
+        return resolve_chat_data(data, train, vocab_size, with_validation)
+    return resolve_mixture(data, train, vocab_size, with_validation)
+
+
 def build_training_data(data: DataConfig, train: TrainConfig, vocab_size: int,
                         num_train_samples: int, num_valid_samples: int,
                         cache_dir: Optional[str] = None,
                         plan: Optional[MixturePlan] = None) -> TrainingData:
     """The blended training set, its validation split and one validation set per source, each
-    of ``num_valid_samples`` (none when 0). Collective when torch.distributed is up."""
+    of ``num_valid_samples`` (none when 0). Collective when torch.distributed is up. With
+    ``data.chat``, the packed conversations instead (``chat_dataset.py``)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset
 
     with_validation = num_valid_samples > 0
+    if data.chat is not None:
+        from megatron_cpt.data.chat_dataset import build_chat_training_data
+
+        plan = plan or resolve_training_data(data, train, vocab_size, with_validation)
+        return build_chat_training_data(data, train, num_valid_samples, plan)
     plan = plan or resolve_mixture(data, train, vocab_size, with_validation)
     config = gpt_dataset_config(data, train, vocab_size, plan.blend(), data.cache_dir or cache_dir,
                                 with_validation)
@@ -129,5 +148,7 @@ def microbatches(dataset, consumed_samples: int, train: TrainConfig, dp_rank: in
     for micro in range(train.num_microbatches(dp_size)):
         start = consumed_samples + micro * mbs * dp_size + dp_rank * mbs
         samples = [dataset[index] for index in range(start, start + mbs)]
+        # cu_seqlens: the conversation boundaries of a packed sequence (micro-batches of one).
         yield {key: torch.stack([s[key] for s in samples])
-               for key in ("tokens", "labels", "loss_mask", "position_ids")}
+               for key in ("tokens", "labels", "loss_mask", "position_ids", "cu_seqlens")
+               if key in samples[0]}

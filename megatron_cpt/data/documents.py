@@ -126,24 +126,34 @@ def read_raw_chunks(files: list[InputFile], txt_mode: str = "paragraph",
             yield RawChunk(index, records, size)
 
 
-def decode_record(source: InputFile, number: int, raw: bytes, text_key: str = "text") -> str:
-    """The document text of one record; UserError naming file:line (and field) when it is bad."""
-    where = f"{source.path}:{number}"
+def decode_utf8(source: InputFile, number: int, raw: bytes) -> str:
     try:
-        decoded = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = number + raw.count(b"\n", 0, exc.start)
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise UserError(f"{source.path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
                         f"at column {column})") from None
-    if source.kind == "txt":
-        return decoded
+
+
+def decode_json_object(source: InputFile, number: int, raw: bytes) -> dict:
+    """One JSON-lines record as a dict; UserError naming file:line when it is not one."""
+    where = f"{source.path}:{number}"
     try:
-        record = json.loads(decoded)
+        record = json.loads(decode_utf8(source, number, raw))
     except json.JSONDecodeError as exc:
         raise UserError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def decode_record(source: InputFile, number: int, raw: bytes, text_key: str = "text") -> str:
+    """The document text of one record; UserError naming file:line (and field) when it is bad."""
+    where = f"{source.path}:{number}"
+    if source.kind == "txt":
+        return decode_utf8(source, number, raw)
+    record = decode_json_object(source, number, raw)
     if text_key not in record:
         fields = ", ".join(sorted(record)) or "none"
         raise UserError(f"{where}: missing field '{text_key}' (fields: {fields})")

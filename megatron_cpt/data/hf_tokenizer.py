@@ -11,6 +11,8 @@ compared with sentencepiece's on sample texts, and decoded back; any difference 
 nothing is written. One difference is by design: transformers matches the special-token strings
 (``<|end_of_text|>``...) inside a text as those tokens, the ``sp:`` backend encodes them as text;
 ``split_special_tokens=True`` gives transformers the ``sp:`` behaviour (and the check uses it).
+The directory also gets Llama-3's chat template (``chat_template.jinja``) over the model's chat
+tokens, for ``data prepare-chat`` and a chat model's export.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from megatron_cpt.data.chat_format import LLAMA3_CHAT_TEMPLATE
 from megatron_cpt.errors import UserError
 
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 # Whitespace runs, tabs, newlines, digits, characters no corpus holds (byte fallback), mixed scripts.
 PROBE_TEXTS = (
     "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
@@ -56,7 +59,9 @@ def _convert(source: Path, target: Path) -> None:
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # its notes about the missing tokenizer.json are expected here
     try:
-        TokenizersBackend.from_pretrained(str(source)).save_pretrained(str(target))
+        tokenizer = TokenizersBackend.from_pretrained(str(source))
+        tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE  # its chat tokens are ids 3-5
+        tokenizer.save_pretrained(str(target))
     finally:
         logging.set_verbosity(verbosity)
 

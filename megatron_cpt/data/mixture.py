@@ -57,6 +57,7 @@ class MixturePlan:
     # Raw weights given as data.weights: passed through (normalized), not derived from tokens.
     raw_weights: bool = False
     warnings: list[str] = field(default_factory=list)
+    file_name = "mixture.json"  # RUN_DIR/<file_name>: the plan, as the run resolved it
 
     @property
     def planned_tokens(self) -> int:

@@ -30,6 +30,11 @@ LLAMA3_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 LLAMA3_NUM_SPECIAL = 256
+# The named ones among them, from id n (Llama-3.1's layout; the others are reserved tokens).
+LLAMA3_NAMED_SPECIAL = ("<|begin_of_text|>", EOD_TEXT, "<|reserved_special_token_0|>",
+                        "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                        "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>",
+                        "<|python_tag|>", "<|image|>")
 
 
 class Tokenizer:
@@ -127,8 +132,8 @@ def _hf_bos_id(directory: Path, tok) -> int | None:
 def _load_tiktoken(spec: str, target: str) -> Tokenizer:
     import tiktoken
 
-    if target.endswith((".tiktoken", ".model")) or os.sep in target:
-        encoding = _tiktoken_from_rank_file(spec, Path(target))
+    if is_rank_file(target):
+        encoding = llama3_rank_file_encoding(spec, Path(target))
         eod_id = encoding.encode_single_token(EOD_TEXT)
         bos_id = encoding.encode_single_token("<|begin_of_text|>")
     else:
@@ -149,9 +154,15 @@ def _load_tiktoken(spec: str, target: str) -> Tokenizer:
                      lambda texts: encoding.encode_ordinary_batch(texts, num_threads=1), bos_id)
 
 
-def _tiktoken_from_rank_file(spec: str, path: Path):
-    """A rank file read with Llama-3's layout: 256 special tokens after the ranks,
-    <|begin_of_text|> = n, <|end_of_text|> = n + 1, the rest reserved."""
+def is_rank_file(target: str) -> bool:
+    """Whether a ``tiktoken:`` target names a local rank file rather than a cached encoding."""
+    return target.endswith((".tiktoken", ".model")) or os.sep in target
+
+
+def llama3_rank_file_encoding(spec: str, path: Path):
+    """A rank file read with Llama-3's layout: 256 special tokens after the n ranks,
+    <|begin_of_text|> = n, <|end_of_text|> = n + 1, the chat headers n + 6 and n + 7, <|eot_id|> =
+    n + 9, the rest reserved."""
     import tiktoken
 
     if not path.is_file():
@@ -170,8 +181,10 @@ def _tiktoken_from_rank_file(spec: str, path: Path):
     if not ranks:
         raise UserError(f"tokenizer '{spec}': rank file {path} is empty")
     n = len(ranks)
-    names = ["<|begin_of_text|>", EOD_TEXT] + [
-        f"<|reserved_special_token_{i}|>" for i in range(LLAMA3_NUM_SPECIAL - 2)]
+    # The reserved tokens after the named ones go on from <|reserved_special_token_2|>.
+    names = list(LLAMA3_NAMED_SPECIAL) + [
+        f"<|reserved_special_token_{i}|>"
+        for i in range(2, 2 + LLAMA3_NUM_SPECIAL - len(LLAMA3_NAMED_SPECIAL))]
     special = {name: n + i for i, name in enumerate(names)}
     return tiktoken.Encoding(name=path.stem, pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
                              special_tokens=special)

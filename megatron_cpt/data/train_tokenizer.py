@@ -8,7 +8,10 @@ DIR/tokenizer_info.json, and the same tokenizer for transformers: DIR/tokenizer.
 DIR/tokenizer_config.json (``AutoTokenizer.from_pretrained(DIR)``; see hf_tokenizer.py). Settings follow the Llama-2 sentencepiece tokenizer where they matter for
 a pretraining corpus: byte fallback (no unknown tokens), identity normalization, whitespace kept
 as written (code stays code), digits split. ``<|begin_of_text|>`` is id 1 and ``<|end_of_text|>``
-(the end-of-document token) id 2. Training is single-threaded by default over every input line,
+(the end-of-document token) id 2; ids 3-5 are Llama-3's chat tokens (``<|start_header_id|>``,
+``<|end_header_id|>``, ``<|eot_id|>``: control symbols, never produced from text), and the
+transformers files carry Llama-3's chat template, so the same tokenizer serves a chat model after
+fine-tuning (``data prepare-chat --tokenizer hf:DIR``). Training is single-threaded by default over every input line,
 without sampling, so the same inputs give a byte-identical model.
 """
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from megatron_cpt.errors import UserError
+from megatron_cpt.data.chat_format import LLAMA3_CHAT_TOKENS
 from megatron_cpt.data.documents import decode_record, find_input_files, read_raw_chunks
 from megatron_cpt.data.hf_tokenizer import write_hf_tokenizer
 from megatron_cpt.data.tokenizers import EOD_TEXT, load_tokenizer
@@ -69,6 +73,10 @@ class TrainingLines:
                                                       self.text_key)
 
 
+def _piece_id(proto, piece: str) -> int:
+    return next(i for i, p in enumerate(proto.pieces) if p.piece == piece)
+
+
 def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
                         text_key: str = "text", txt_mode: str = "paragraph", threads: int = 1,
                         character_coverage: float = 0.9995, force: bool = False) -> dict:
@@ -98,6 +106,7 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
             shuffle_input_sentence=False, num_threads=threads,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             bos_piece="<|begin_of_text|>", eos_piece=EOD_TEXT,
+            control_symbols=list(LLAMA3_CHAT_TOKENS),
             minloglevel=2)
     except RuntimeError as exc:
         raise lines.error or UserError(f"sentencepiece training failed: {exc}") from exc
@@ -115,6 +124,7 @@ def train_sentencepiece(inputs: list[str], vocab_size: int, output_dir: str, *,
     info = {"tokenizer": f"sp:{model_path}", "type": "sentencepiece-bpe",
             "vocab_size": tokenizer.vocab_size, "eod_id": tokenizer.eod_id, "eod": EOD_TEXT,
             "byte_fallback": True, "character_coverage": character_coverage,
+            "chat_tokens": {token: _piece_id(proto, token) for token in LLAMA3_CHAT_TOKENS},
             "training_docs": lines.docs, "training_lines": lines.lines, "threads": threads,
             "hf_tokenizer": str(out), "hf_ids_checked_texts": checked,
             "inputs": [str(p) for p in inputs]}

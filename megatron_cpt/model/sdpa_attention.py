@@ -5,6 +5,10 @@ Transformer Engine is absent: it takes the same constructor and forward argument
 ``megatron.core.transformer.dot_product_attention.DotProductAttention`` and lets PyTorch pick the
 flash / memory-efficient kernel on CUDA (and its fused kernel on the CPU) instead of materialising
 the [b, heads, s, s] score matrix.
+
+Packed sequences (``packed_seq_params`` in the THD layout, ``model/packed_sequences.py``): megatron-core
+hands over [t, heads, d] with the rotary positions already restarted per sequence; each sequence
+of ``cu_seqlens`` gets its own causal attention, so no token sees another sequence's tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
@@ -41,14 +46,29 @@ class SDPAttention(MegatronModule):
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
+        if attention_bias is not None:
+            raise ValueError("SDPAttention does not support an attention bias")
+        if packed_seq_params is not None:
+            if packed_seq_params.qkv_format != "thd":
+                raise ValueError(f"SDPAttention packs sequences in the thd layout only, got "
+                                 f"{packed_seq_params.qkv_format}")
+            return self._packed(query, key, value, packed_seq_params.cu_seqlens_q)
         # megatron-core layout [s, b, heads, d] -> SDPA's [b, heads, s, d].
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        groups = q.size(1) // k.size(1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=self.softmax_scale,
-            dropout_p=self.dropout_p if self.training else 0.0, enable_gqa=groups > 1)
+        out = self._causal(*(t.permute(1, 2, 0, 3) for t in (query, key, value)))
         # [b, heads, s, d] -> [s, b, heads * d]
         s, b = out.size(2), out.size(0)
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+
+    def _causal(self, q, k, v):
+        """Causal attention over [b, heads, s, d]."""
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.softmax_scale,
+            dropout_p=self.dropout_p if self.training else 0.0, enable_gqa=q.size(1) > k.size(1))
+
+    def _packed(self, query, key, value, cu_seqlens):
+        """[t, heads, d] holding several sequences -> [t, heads * d], each attending to itself."""
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        outputs = [self._causal(*(t.permute(1, 0, 2).unsqueeze(0) for t in parts))
+                   for parts in zip(*(t.split(lengths) for t in (query, key, value)))]
+        # each [1, heads, s_i, d] -> [s_i, heads * d]
+        return torch.cat([o[0].permute(1, 0, 2).reshape(o.size(2), -1) for o in outputs])

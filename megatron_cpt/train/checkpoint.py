@@ -84,8 +84,9 @@ def _training_state(model_chunks, optimizer, include_rng: bool, is_loading: bool
 def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, scheduler,
                              progress: TrainingProgress, model: ModelConfig,
                              parallel: ParallelConfig, keep_last: int = 0,
-                             background=None) -> Path:
+                             background=None, extra_meta: Optional[dict] = None) -> Path:
     """Collective. Writes step_N, then points ``latest`` at it, then prunes old checkpoints.
+    ``extra_meta`` goes into ``megatron_cpt.json`` too (a chat run's chat format).
 
     With ``background`` (megatron-core's ``AsyncCallsQueue``) the shards are written by a
     background process; the rename, ``latest`` and pruning follow when the queue finalises it.
@@ -99,7 +100,7 @@ def save_training_checkpoint(ckpt_dir: str | Path, model_chunks, optimizer, sche
     meta = {"kind": "training", "step": progress.step, "model": dataclasses.asdict(model),
             "parallel": {"tp": parallel.tp, "pp": parallel.pp, "vpp": parallel.vpp,
                          "cp": parallel.cp},
-            "world_size": dist.get_world_size()}
+            "world_size": dist.get_world_size(), **(extra_meta or {})}
     name = step_dir_name(progress.step)
 
     def point_latest_at_it() -> None:

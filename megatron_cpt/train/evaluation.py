@@ -48,7 +48,9 @@ def evaluate_validation_sets(model, data: TrainingData, cfg: Recipe, dp_rank: in
 
 def _mean(batches: list[tuple[float, int]]) -> float:
     count = sum(tokens for _, tokens in batches)
-    return sum(loss * tokens for loss, tokens in batches) / count if count else float("nan")
+    # A batch without loss tokens (a validation window longer than a chat validation set) has
+    # a NaN mean and no weight.
+    return sum(loss * tokens for loss, tokens in batches if tokens) / count if count else float("nan")
 
 
 def _batch_losses(model, dataset, cfg: Recipe, dp_rank: int, dp_size: int,

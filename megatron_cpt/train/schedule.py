@@ -16,7 +16,7 @@ _STYLES = {"cosine": "cosine", "linear": "linear", "constant": "constant", "wsd"
 
 def build_scheduler(optimizer, optim: OptimConfig, train_steps: int) -> OptimizerParamScheduler:
     schedule = optim.schedule
-    warmup = schedule.warmup_steps
+    warmup = optim.warmup_steps(train_steps)
     return OptimizerParamScheduler(
         optimizer,
         init_lr=schedule.init_lr,

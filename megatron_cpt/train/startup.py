@@ -19,12 +19,14 @@ from megatron_cpt.errors import UserError
 def check_inputs(recipe: Recipe) -> None:
     """The data files (present, non-empty, ids within the model's vocabulary) and the initial
     weights, or the checkpoint the run would resume from (present, whole, of this model)."""
-    from megatron_cpt.data.mixture import resolve_mixture
+    from megatron_cpt.data.chat_dataset import with_planned_steps
+    from megatron_cpt.data.datasets import resolve_training_data
     from megatron_cpt.train.checkpoint import check_checkpoints_before_start
     from megatron_cpt.checkpointing.run_checkpoints import checkpoint_dir
 
-    resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
-                    with_validation=recipe.train.eval_interval > 0)
+    recipe = with_planned_steps(recipe)  # the steps data.chat.epochs gives, checked
+    resolve_training_data(recipe.data, recipe.train, recipe.model.vocab_size,
+                          with_validation=recipe.train.eval_interval > 0)
     check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
 
 

@@ -80,6 +80,7 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
     from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
+    from megatron_cpt.data.chat_dataset import with_planned_steps
     from megatron_cpt.data.datasets import build_training_data
     from megatron_cpt.model.build import build_model, describe_layout
     from megatron_cpt.profile.throughput import ThroughputMeter
@@ -90,6 +91,7 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.train.evaluation import validation_samples
     from megatron_cpt.train.schedule import build_scheduler
 
+    cfg = with_planned_steps(cfg)  # data.chat.epochs -> train.steps, from the packed data
     # 1. Process groups and seeds.
     initialize_parallel(cfg.parallel, cfg.train.seed, timeout_minutes=cfg.launch.dist_timeout_minutes)
     dp_rank = parallel_state.get_data_parallel_rank()
@@ -131,7 +133,7 @@ def build_state(cfg: Recipe) -> TrainState:
     if is_logging_rank():
         log(data.plan.format_table())
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "mixture.json").write_text(json.dumps(data.plan.to_dict(), indent=2))
+        (run_dir / data.plan.file_name).write_text(json.dumps(data.plan.to_dict(), indent=2))
         # What really runs (read from the built model), for the record and for tests.
         layout = describe_layout(chunks)
         (run_dir / "layout.json").write_text(json.dumps(layout, indent=2))

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_cpt.model.packed_sequences import packed_seq_params
 from megatron_cpt.runtime.parallel import sync_parameters
 
 
@@ -42,8 +43,13 @@ def _masked_loss_sum(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 def forward_step(data_iterator: Iterator[dict], model):
     batch = next(data_iterator)
     device = next(model.parameters()).device
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    per_token_loss = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    # Packed conversations (fine-tuning data) carry their boundaries: attention stays inside each.
+    # (The batch dicts are shared by the virtual stages' iterators: read, never modify them.)
+    cu_seqlens = batch.get("cu_seqlens")
+    packed = packed_seq_params(cu_seqlens, device) if cu_seqlens is not None else None
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "cu_seqlens"}
+    per_token_loss = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"],
+                           packed_seq_params=packed)
     return per_token_loss, partial(_masked_loss_sum, batch["loss_mask"])
 
 
