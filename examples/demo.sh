@@ -5,7 +5,9 @@
 #   -> continual pre-training from it with ALMR 0.33 (TP=2, 2 ranks), validation loss per source
 #      and language (the Chinese losses fall, the English ones show what is forgotten)
 #   -> the realized mixture checked with `data inspect-mix` -> checkpoint -> Hugging Face export
-#   (weights + the tokenizer) -> a few tokens generated from it with transformers.
+#   (weights + the tokenizer) -> a few tokens generated from it with transformers
+#   -> benchmark accuracy of the base and the CPT model on a Chinese multiple-choice set
+#      (examples/demo_eval.sh).
 # The corpus reads the Debian packages fortunes-zh manpages-zh fortunes manpages: run as root
 # with apt-get, the script installs missing ones; otherwise it stops and prints the command.
 # Everything goes under outputs/demo/, rebuilt on each run.
@@ -95,6 +97,8 @@ if ! $CLI convert generate --hf-dir "$OUT/hf" --max-new-tokens "$GEN_TOKENS" "${
     echo "failed: convert generate (log: $OUT/logs/generate.log)"; tail -n 20 "$OUT/logs/generate.log"
     exit 1
 fi
+
+bash examples/demo_eval.sh "$OUT" "$BASE_CKPT" "$CKPT"
 
 stage "done in $((SECONDS - START)) s"
 cat <<EOF
