@@ -11,6 +11,10 @@ from typing import Any
 # validation batch, a list (what the ALMR fit's bootstrap resamples; jsonl only, not TensorBoard).
 LANGUAGE_LOSS = "val_loss_by_language/"
 LANGUAGE_BATCH_LOSSES = "val_batch_loss_by_language/"
+# Benchmark accuracy of each task (megatron_cpt.eval), and 1/0 per item, a list (resampled by the
+# ALMR fit when it takes an accuracy as its objective; jsonl only).
+ACCURACY = "eval_acc/"
+ITEM_CORRECT = "eval_item_correct/"
 
 
 def _clean(value: Any) -> Any:

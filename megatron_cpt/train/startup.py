@@ -17,14 +17,17 @@ from megatron_cpt.errors import UserError
 
 
 def check_inputs(recipe: Recipe) -> None:
-    """The data files (present, non-empty, ids within the model's vocabulary) and the initial
-    weights, or the checkpoint the run would resume from (present, whole, of this model)."""
+    """The data files (present, non-empty, ids within the model's vocabulary), the benchmark
+    tasks and their tokenizer, and the initial weights, or the checkpoint the run would resume
+    from (present, whole, of this model)."""
     from megatron_cpt.data.mixture import resolve_mixture
+    from megatron_cpt.eval.in_training import TrainingBenchmarks
     from megatron_cpt.train.checkpoint import check_checkpoints_before_start
     from megatron_cpt.train.state import checkpoint_dir
 
     resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
                     with_validation=recipe.train.eval_interval > 0)
+    TrainingBenchmarks.from_recipe(recipe)
     check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
 
 
