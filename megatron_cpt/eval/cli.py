@@ -9,8 +9,10 @@ CPU ranks (docs/EVAL.md).
         --task zh_mc=jsonl:outputs/demo/eval/zh_mc.jsonl --scoring text --cpu --out outputs/demo/eval/results.json
 
 ``--task [NAME=]TASK:PATH`` with TASK one of ceval, cmmlu, mmlu, jsonl; the options after it
-(split, shots, scoring, subjects, items per subject, language) apply to every task. Several
-``--ckpt-dir`` are scored one after another by the same ranks. Everything is read and checked
+(split, shots, scoring, subjects, items per subject, language) apply to every ``--task``.
+``--tasks FILE`` takes tasks with settings of their own from YAML: a ``tasks:`` list as in a
+recipe's ``eval.tasks``, or a recipe (its ``eval.tasks``). Several ``--ckpt-dir`` are scored one
+after another by the same ranks. Everything is read and checked
 before any rank starts; bad input is one line, exit status 2, and nothing is written.
 """
 
@@ -41,9 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a megatron-cpt checkpoint (training or converted); repeat for several")
     parser.add_argument("--tokenizer", required=True, metavar="SPEC",
                         help="the model's tokenizer: hf:DIR, sp:FILE.model, tiktoken:FILE")
-    parser.add_argument("--task", action="append", required=True, metavar="[NAME=]TASK:PATH",
+    parser.add_argument("--task", action="append", default=[], metavar="[NAME=]TASK:PATH",
                         help="TASK: ceval, cmmlu, mmlu or jsonl; PATH: the release's folder "
                              "(jsonl: a file or a folder of SPLIT.jsonl); repeat for several")
+    parser.add_argument("--tasks", default=None, metavar="FILE",
+                        help="YAML with a tasks: list (as a recipe's eval.tasks), or a recipe")
     parser.add_argument("--split", default=None,
                         help="split to score (default: val for C-Eval, test otherwise)")
     parser.add_argument("--shots", type=int, default=0, help="dev examples per prompt (default 0)")
@@ -77,7 +81,7 @@ def worker_argv(args) -> list[str]:
     """The command line that makes a rank parse the same ``args``."""
     argv = [item for ckpt in args.ckpt_dir for item in ("--ckpt-dir", ckpt)]
     argv += ["--tokenizer", args.tokenizer] + [i for t in args.task for i in ("--task", t)]
-    for option in ("split", "shots", "scoring", "subjects", "items_per_subject", "language",
+    for option in ("tasks", "split", "shots", "scoring", "subjects", "items_per_subject", "language",
                    "max_length", "tp", "pp", "vpp", "dp", "dtype", "micro_batch_size", "out"):
         value = getattr(args, option)
         if value is not None:
@@ -86,9 +90,31 @@ def worker_argv(args) -> list[str]:
                    if getattr(args, flag)]
 
 
+def tasks_from_file(path: str) -> list[EvalTaskConfig]:
+    """``tasks:`` of a YAML file, or ``eval.tasks`` of a recipe."""
+    from megatron_cpt.config.loader import build_dataclass, read_yaml
+
+    tree = read_yaml(path)
+    tasks = (tree.get("eval") or {}).get("tasks") if "eval" in tree else tree.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise UserError(f"--tasks {path}: expected a non-empty tasks: list (or a recipe with "
+                        f"eval.tasks)")
+    configs = []
+    for index, entry in enumerate(tasks):
+        where = f"--tasks {path}: tasks[{index}]"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: expected a mapping with format and path")
+        config = build_dataclass(EvalTaskConfig, entry, where)
+        config.validate(where)
+        configs.append(config)
+    return configs
+
+
 def task_configs(args) -> list[EvalTaskConfig]:
     from megatron_cpt.eval.tasks import parse_task_spec
 
+    if not args.task and not args.tasks:
+        raise UserError("--task or --tasks: name at least one task")
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     configs = []
     for spec in args.task:
@@ -101,10 +127,11 @@ def task_configs(args) -> list[EvalTaskConfig]:
         except ConfigError as exc:
             raise UserError(f"--task '{spec}': {str(exc).split(': ', 1)[-1]}") from None
         configs.append(config)
+    configs += tasks_from_file(args.tasks) if args.tasks else []
     names = [c.label for c in configs]
     repeated = next((n for n in names if names.count(n) > 1), None)
     if repeated:
-        raise UserError(f"--task: two tasks are named '{repeated}'; name them NAME=TASK:PATH")
+        raise UserError(f"--task: two tasks are named '{repeated}'; give each a name of its own")
     return configs
 
 
