@@ -36,6 +36,9 @@ setup(
         "matplotlib",
         "scipy",  # shape-preserving interpolation of the ALMR study's loss curves
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    # lm-evaluation-harness's `hf` model is the reference that `megatron-cpt eval` is checked
+    # against (tests/distributed/test_eval.py); [hf] adds accelerate and peft, both satisfied by
+    # the torch already installed (the Makefile installs the CPU build first).
+    extras_require={"test": ["pytest", "pytest-timeout", "lm-eval[hf]==0.4.13"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},
 )
