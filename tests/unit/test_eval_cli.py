@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +16,12 @@ from checkpoint_fixtures import write_checkpoint_stub
 from conversion_fixtures import write_tiny_tokenizer
 from eval_fixtures import write_ceval, write_jsonl
 from megatron_cpt.cli import main
-from megatron_cpt.config.presets import preset_fields
 from megatron_cpt.config.model import ModelConfig
+from megatron_cpt.config.presets import preset_fields
+from megatron_cpt.config.recipe import load_recipe
+from megatron_cpt.errors import ConfigError
 from megatron_cpt.eval.cli import add_arguments, prepare, worker_argv
+from token_fixtures import byte_run_overrides, write_byte_dataset
 
 
 @pytest.fixture
@@ -78,6 +84,8 @@ def test_bad_ceval_input_is_one_line_and_writes_nothing(setup, capsys, case):
     ("jsonl:{root}/bad.jsonl", "bad.jsonl:1: 'answer' 4 is not among the choices (expected an "
                                "index 0 to 1)"),
     ("jsonl:{root}/missing.jsonl", "missing.jsonl): no such file or directory"),
+    ("mmlu:{root}/mmlu", "law_test.csv:2: 5 column(s), expected 6 (question, A, B, C, D, "
+                         "answer; no header)"),
 ])
 def test_bad_task_specs_and_jsonl(setup, capsys, spec, message):
     tmp_path, argv = setup
@@ -86,6 +94,8 @@ def test_bad_task_specs_and_jsonl(setup, capsys, spec, message):
     (root / "empty.jsonl").write_text("\n")
     (root / "bad.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b"],
                                                 "answer": 4}) + "\n")
+    (root / "mmlu" / "test").mkdir(parents=True)
+    (root / "mmlu" / "test" / "law_test.csv").write_text("q,a,b,c,d,A\nq,a,b,c,B\n")
     assert main(argv + ["--task", spec.format(root=root)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -108,3 +118,43 @@ def test_valid_input_is_prepared_and_passed_to_the_ranks(setup):
     assert parallel.tp == 2 and models[0].num_layers == 4
     # A rank parses the same arguments back.
     assert vars(parser.parse_args(worker_argv(args))) == vars(args)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("source", ["docs/EVAL.md", "README.md", "megatron_cpt/eval/cli.py"])
+def test_the_documented_commands_parse(source):
+    from megatron_cpt.cli import build_parser
+    from megatron_cpt.eval import cli
+
+    text = cli.__doc__ if source.endswith(".py") else (REPO / source).read_text()
+    text = re.sub(r"\\\s*\n\s*", " ", text)  # continuation lines
+    commands = [line.split("megatron-cpt eval ", 1)[1] for line in text.splitlines()
+                if "megatron-cpt eval --" in line]
+    assert commands
+    for command in commands:
+        build_parser("eval").parse_args(["eval", *shlex.split(command)])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.interval=10", "eval.tasks: eval.interval is set but no task is named"),
+    ("eval.tasks=[{format: cevall, path: x}]",
+     "eval.tasks[0].format: expected one of ['ceval', 'cmmlu', 'mmlu', 'jsonl'], got 'cevall'"),
+    ("eval.tasks=[{format: ceval, path: x}]", "eval.tokenizer: the tasks are text"),
+])
+def test_recipe_eval_section_errors_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe(REPO / "examples" / "llama3_tiny_cpt_2xcpu.yaml", [override])
+
+
+def test_train_refuses_a_missing_task_before_any_rank_starts(setup, capsys):
+    tmp_path, _ = setup
+    write_byte_dataset(tmp_path / "bytes", limit_bytes=20_000)
+    assert main(["train", str(REPO / "examples" / "llama3_tiny_cpt_2xcpu.yaml"),
+                 *byte_run_overrides(tmp_path / "bytes", steps=2), f"logging.run_dir={tmp_path / 'run'}",
+                 "eval.interval=1", f"eval.tokenizer=hf:{tmp_path / 'tok'}",
+                 f"eval.tasks=[{{format: ceval, path: {tmp_path / 'nowhere'}}}]"]) == 2
+    err = capsys.readouterr().err
+    assert f"task 'ceval' (ceval:{tmp_path / 'nowhere'}): no such file or directory" in err
+    assert not (tmp_path / "run").exists()

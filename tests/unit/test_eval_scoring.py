@@ -3,12 +3,14 @@ and its interval follow from the log-likelihoods."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from eval_fixtures import write_ceval
 from megatron_cpt.config.eval import EvalTaskConfig
-from megatron_cpt.data.tokenizers import Tokenizer
+from megatron_cpt.data.tokenizers import Tokenizer, load_tokenizer
 from megatron_cpt.errors import UserError
 from megatron_cpt.eval.requests import encode_pair, plan_scoring
 from megatron_cpt.eval.results import accuracy_of, task_result
@@ -101,3 +103,36 @@ def test_wilson_interval():
     assert (eight.accuracy, round(eight.low, 4), round(eight.high, 4)) == (0.8, 0.4902, 0.9433)
     none = accuracy_of(0, 10)
     assert (none.low, round(none.high, 4)) == (0.0, 0.2775)
+
+
+def test_the_demo_set_asks_for_held_out_text_among_copies_of_equal_token_count(tmp_path):
+    from tokenizers import Regex, Tokenizer as HfTokenizer, models, pre_tokenizers
+
+    from data_fixtures import write_jsonl
+    from megatron_cpt.eval.demo_set import build_demo_set
+
+    lines = ["床前明月光疑是地上霜举头望明月低头思故乡", "春眠不觉晓处处闻啼鸟夜来风雨声花落知多少",
+             "白日依山尽黄河入海流欲穷千里目更上一层楼", "红豆生南国春来发几枝愿君多采撷此物最相思"]
+    held_out = ["千山鸟飞绝万径人踪灭孤舟蓑笠翁独钓寒江雪", "松下问童子言师采药去只在此山中云深不知处"]
+    documents = [lines[i % 4] + lines[(i + 1) % 4] for i in range(18)] + held_out
+    write_jsonl(tmp_path / "corpus" / "zh_poems.jsonl", documents)
+    (tmp_path / "corpus" / "manifest.json").write_text(json.dumps(
+        {"sources": [{"name": "zh_poems", "file": "zh_poems.jsonl", "lang": "zh"}]}))
+    # One token per character, so that every replacement keeps the token count.
+    characters = sorted({c for text in documents for c in text} | {"。"})
+    tok = HfTokenizer(models.WordLevel({c: i for i, c in enumerate(["<eos>", *characters])},
+                                       unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
+    spec = f"hf:{tmp_path / 'tok'}"
+    items = build_demo_set(tmp_path / "corpus", spec, items=10, prefix=8, continuation=6)
+    tokenizer = load_tokenizer(spec)
+    assert items and all(item["subject"] == "zh_poems" for item in items)
+    for item in items:
+        real = item["choices"][item["answer"]]
+        assert any(item["question"] + real in text for text in held_out)
+        assert len(set(item["choices"])) == 4
+        counts = {len(encode_pair(tokenizer, item["question"], c, False)[1]) for c in item["choices"]}
+        assert len(counts) == 1
