@@ -95,7 +95,8 @@ def tasks_from_file(path: str) -> list[EvalTaskConfig]:
     from megatron_cpt.config.loader import build_dataclass, read_yaml
 
     tree = read_yaml(path)
-    tasks = (tree.get("eval") or {}).get("tasks") if "eval" in tree else tree.get("tasks")
+    section = tree.get("eval") if "eval" in tree else tree
+    tasks = section.get("tasks") if isinstance(section, dict) else None
     if not isinstance(tasks, list) or not tasks:
         raise UserError(f"--tasks {path}: expected a non-empty tasks: list (or a recipe with "
                         f"eval.tasks)")
@@ -125,7 +126,7 @@ def task_configs(args) -> list[EvalTaskConfig]:
         try:
             config.validate("task")
         except ConfigError as exc:
-            raise UserError(f"--task '{spec}': {str(exc).split(': ', 1)[-1]}") from None
+            raise UserError(f"--task '{spec}': {exc}") from None
         configs.append(config)
     configs += tasks_from_file(args.tasks) if args.tasks else []
     names = [c.label for c in configs]

@@ -21,13 +21,15 @@ def check_inputs(recipe: Recipe) -> None:
     tasks and their tokenizer, and the initial weights, or the checkpoint the run would resume
     from (present, whole, of this model)."""
     from megatron_cpt.data.mixture import resolve_mixture
-    from megatron_cpt.eval.in_training import TrainingBenchmarks
     from megatron_cpt.train.checkpoint import check_checkpoints_before_start
     from megatron_cpt.train.state import checkpoint_dir
 
     resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
                     with_validation=recipe.train.eval_interval > 0)
-    TrainingBenchmarks.from_recipe(recipe)
+    if recipe.eval.interval:
+        from megatron_cpt.eval.in_training import TrainingBenchmarks
+
+        TrainingBenchmarks.from_recipe(recipe)  # reads the tasks and the tokenizer
     check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
 
 
