@@ -73,6 +73,10 @@ def score_entries(chunks, plan: ScoringPlan, micro_batch_size: int,
     # PP micro-batches per forward call: each pipeline stage has work, and the interleaved
     # schedule gets the multiple of PP it needs.
     per_rank = micro_batch_size * pp
+    # Padded lengths split evenly over TP (sequence parallelism); FP8 GEMMs also need multiples
+    # of 16 tokens.
+    fp8 = getattr(chunks[0], "module", chunks[0]).config.fp8
+    multiple = tp * (16 if fp8 else 1)
     device = next(chunks[0].parameters()).device
     results = torch.zeros(len(plan.entries), dtype=torch.float64, device=device)
     entries_of = [[] for _ in plan.sequences]
@@ -93,7 +97,7 @@ def score_entries(chunks, plan: ScoringPlan, micro_batch_size: int,
     with evaluation_mode(chunks):
         for start in range(0, len(order), step):
             group = order[start: start + step]
-            length = -(-max(len(plan.sequences[s]) for s in group) // tp) * tp
+            length = -(-max(len(plan.sequences[s]) for s in group) // multiple) * multiple
             mine = group[dp_rank * per_rank: (dp_rank + 1) * per_rank]
             batches = [_micro_batch(plan, mine[k: k + micro_batch_size], entries_of, length,
                                     micro_batch_size)
