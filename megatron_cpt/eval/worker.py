@@ -58,9 +58,7 @@ def evaluate(args, models, parallel, benchmarks) -> None:
                   disable=args.no_progress or not reporting) as bar:
             results = score_benchmarks(chunks, benchmarks, args.micro_batch_size, bar.update)
         del chunks
-        label = str(Path(ckpt).parent.parent.name + "/" + Path(ckpt).name
-                    if Path(ckpt).parent.name == "checkpoints" else ckpt)
-        by_checkpoint[label] = results
+        by_checkpoint[_label(Path(ckpt))] = results
         records.append({"checkpoint": str(ckpt), "step": read_meta(ckpt).get("step"),
                         "dtype": model.dtype, "results": [r.to_dict() for r in results]})
     if reporting:
@@ -80,12 +78,17 @@ def evaluate(args, models, parallel, benchmarks) -> None:
         print(f"wrote {out}", flush=True)
 
 
+def _label(ckpt: Path) -> str:
+    """RUN/step_N for RUN/checkpoints/step_N (the table's column), else the path."""
+    return f"{ckpt.parent.parent.name}/{ckpt.name}" if ckpt.parent.name == "checkpoints" else str(ckpt)
+
+
 def main(argv: list[str] | None = None) -> int:
     from megatron_cpt.conversion.host import run_on_host
     from megatron_cpt.launch.environment import adopt_slurm_rank_environment
     from megatron_cpt.launch.local import run_rank
 
-    parser = argparse.ArgumentParser(prog=f"python -m megatron_cpt.eval.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m megatron_cpt.eval.worker", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.cpu:
