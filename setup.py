@@ -37,7 +37,11 @@ setup(
         "scipy",  # shape-preserving interpolation of the ALMR study's loss curves
     ],
     # llama-models: Meta's reference Llama-3 ChatFormat and its tokenizer.model, which the chat
-    # data tests compare against.
-    extras_require={"test": ["pytest", "pytest-timeout", "llama-models==0.3.0"]},
+    # data tests compare against. lm-evaluation-harness's `hf` model is the reference that
+    # `megatron-cpt eval` is checked against (tests/distributed/test_eval.py); [hf] adds accelerate
+    # and peft, both satisfied by the torch already installed (the Makefile installs the CPU build
+    # first).
+    extras_require={"test": ["pytest", "pytest-timeout", "llama-models==0.3.0",
+                             "lm-eval[hf]==0.4.13"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},
 )

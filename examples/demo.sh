@@ -6,6 +6,8 @@
 #      and language (the Chinese losses fall, the English ones show what is forgotten)
 #   -> the realized mixture checked with `data inspect-mix` -> checkpoint -> Hugging Face export
 #   (weights + the tokenizer) -> a few tokens generated from it with transformers
+#   -> benchmark accuracy of the base and the CPT model on a Chinese multiple-choice set
+#      (examples/demo_eval.sh).
 #   -> supervised fine-tuning into a chat model on questions about the manual pages, its chat
 #   export, and its answers (examples/demo_sft.sh).
 # The corpus reads the Debian packages fortunes-zh manpages-zh fortunes manpages: run as root
@@ -98,6 +100,7 @@ if ! $CLI convert generate --hf-dir "$OUT/hf" --max-new-tokens "$GEN_TOKENS" "${
     exit 1
 fi
 
+bash examples/demo_eval.sh "$OUT" "$BASE_CKPT" "$CKPT"
 # shellcheck source=examples/demo_sft.sh
 source examples/demo_sft.sh
 

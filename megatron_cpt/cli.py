@@ -27,6 +27,7 @@ VERBS = {
     "launch": ("megatron_cpt.launch.cli", "submit training jobs to Slurm"),
     "profile": ("megatron_cpt.profile.cli", "throughput report of a run; memory estimate of a recipe"),
     "almr": ("megatron_cpt.almr.cli", "the ALMR x learning-rate study: sweep, status, fit"),
+    "eval": ("megatron_cpt.eval.cli", "multiple-choice benchmark accuracy of checkpoints"),
 }
 
 

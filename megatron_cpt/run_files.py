@@ -37,6 +37,10 @@ REQUEUE_REQUEST_FILE = "requeue.request"
 # validation batch, a list (what the ALMR fit's bootstrap resamples; jsonl only, not TensorBoard).
 LANGUAGE_LOSS = "val_loss_by_language/"
 LANGUAGE_BATCH_LOSSES = "val_batch_loss_by_language/"
+# Benchmark accuracy of each task (megatron_cpt.eval), and 1/0 per item, a list (resampled by the
+# ALMR fit when it takes an accuracy as its objective; jsonl only).
+ACCURACY = "eval_acc/"
+ITEM_CORRECT = "eval_item_correct/"
 # Endings after which the run can go on from its newest checkpoint (exit status 75), and those
 # after which a Slurm job goes on by itself (not a full disk: space must be freed first).
 RESUMABLE_ENDINGS = ("preempted", "time_limit", "no_space")

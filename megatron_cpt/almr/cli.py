@@ -8,6 +8,7 @@
     megatron-cpt almr status runs/almr_demo
     megatron-cpt almr reference runs/almr_demo/reference/recipe.yaml   # what the sweep runs first
     megatron-cpt almr fit runs/almr_demo --objective constrained --tolerance 0.02 --target-lr 1e-3
+    megatron-cpt almr fit runs/almr_demo --accuracy zh_mc --tolerance 0.02   # by benchmark accuracy
 
 A rerun of the same ``sweep`` command skips finished runs and resumes unfinished ones.
 """
@@ -88,6 +89,9 @@ def register(verbs) -> None:
                           "pre-CPT value, as a fraction (default 0.02)")
     fit.add_argument("--weight", type=float, default=0.5,
                      help="weighted: weight of the additional-language loss (default 0.5)")
+    fit.add_argument("--accuracy", default=None, metavar="TASK",
+                     help="score the additional language by this benchmark task's accuracy "
+                          "(eval_acc/TASK of the runs' eval section) instead of its loss")
     fit.add_argument("--original", default=None,
                      help="comma-separated original languages (default: every other language)")
     target = fit.add_mutually_exclusive_group()
@@ -226,7 +230,8 @@ def fit_command(args) -> int:
         raise UserError(f"--bootstrap: must be >= 0, got {args.bootstrap}")
     original = [p.strip() for p in args.original.split(",") if p.strip()] if args.original else None
     objective = Objective(args.objective, tolerance=args.tolerance, weight=args.weight)
-    result = fit(collect(args.sweep_dir), objective, original=original, target_lr=target_lr,
+    result = fit(collect(args.sweep_dir, accuracy_task=args.accuracy), objective,
+                 original=original, target_lr=target_lr,
                  bootstrap=args.bootstrap, seed=args.seed)
     out = Path(args.out or Path(args.sweep_dir) / "fit")
     # Everything goes to a temporary directory first: a failure leaves no partial output.

@@ -8,6 +8,10 @@ relation between the two (docs/ALMR.md).
 The uncertainty comes from the validation set: every run evaluates the same validation batches,
 so one bootstrap replicate resamples the batch indices once and applies them to every run and to
 the pre-CPT reference alike (a paired bootstrap). It does not cover run-to-run (seed) variation.
+
+``collect(sweep_dir, accuracy_task="ceval")`` scores the additional language by a benchmark's
+accuracy instead (``eval_acc/<task>``, recorded by runs with an ``eval`` section): its "loss" is
+the error 1 - accuracy, and its per-item errors are resampled as the batches are.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from megatron_cpt.almr.objective import Objective, find_optimum
 from megatron_cpt.almr.sweep import read_plan, run_state
 from megatron_cpt.almr.relation import MODELS, RelationFit, fit_params, fit_relation, predict
 from megatron_cpt.errors import UserError
-from megatron_cpt.run_files import LANGUAGE_BATCH_LOSSES, LANGUAGE_LOSS
+from megatron_cpt.run_files import ACCURACY, ITEM_CORRECT, LANGUAGE_BATCH_LOSSES, LANGUAGE_LOSS
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class SweepResults:
     languages: tuple[str, ...]
     runs: tuple[RunLosses, ...]
     reference: Optional[RunLosses]  # the losses before CPT
+    accuracy_task: Optional[str] = None  # the additional language scored by 1 - its accuracy
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,13 @@ class AlmrFit:
     replicates: int  # bootstrap replicates (0: no per-batch losses, no uncertainty)
     validation_batches: int
     warnings: tuple[str, ...]
+    accuracy_task: Optional[str] = None
+    accuracy_items: int = 0  # items of accuracy_task resampled by the bootstrap
+
+    @property
+    def additional_score(self) -> str:
+        """What the additional language's values are."""
+        return f"{self.accuracy_task} error" if self.accuracy_task else "validation loss"
 
     @property
     def best_relation(self) -> RelationFit:
@@ -122,8 +134,26 @@ def run_losses(name: str, almr: Optional[float], lr: Optional[float], record: di
     return RunLosses(name=name, almr=almr, lr=lr, losses=losses, batches=batches)
 
 
-def collect(sweep_dir: str | Path) -> SweepResults:
-    """The final validation losses of every run of a sweep; a run not finished is an error."""
+def with_accuracy(losses: RunLosses, record: Optional[dict], language: str, task: str,
+                  where: str) -> RunLosses:
+    """``losses`` with ``language`` scored by 1 - the accuracy on ``task`` in ``record`` (NaN
+    without a record: a diverged run, or a reference evaluated without the task)."""
+    if record is None:
+        error, errors = float("nan"), ()
+    elif ACCURACY + task not in record or ITEM_CORRECT + task not in record:
+        raise UserError(f"{where}: no {ACCURACY}{task} at step {record.get('step')} (the final "
+                        f"step must be evaluated: a recipe eval section with task {task} whose "
+                        f"eval.interval divides train.steps)")
+    else:
+        error = 1.0 - _float(record[ACCURACY + task])
+        errors = tuple(1.0 - float(c) for c in record[ITEM_CORRECT + task])
+    return RunLosses(losses.name, losses.almr, losses.lr, {**losses.losses, language: error},
+                     {**losses.batches, language: errors})
+
+
+def collect(sweep_dir: str | Path, accuracy_task: Optional[str] = None) -> SweepResults:
+    """The final validation losses of every run of a sweep; a run not finished is an error.
+    With ``accuracy_task`` the additional language is scored by that task's error instead."""
     plan = read_plan(sweep_dir)
     runs, reference = [], None
     for run in plan.runs:
@@ -142,12 +172,19 @@ def collect(sweep_dir: str | Path) -> SweepResults:
         else:
             losses = run_losses(run.name, run.almr, run.lr, state.final, plan.languages,
                                 str(run_dir / "metrics.jsonl"))
+        if accuracy_task:
+            record = state.final
+            if run.kind == "reference" and record and ACCURACY + accuracy_task not in record:
+                record = None  # evaluated before CPT without the task: no accuracy to compare
+            losses = with_accuracy(losses, record, plan.additional_language, accuracy_task,
+                                   str(run_dir / "metrics.jsonl"))
         if run.kind == "reference":
             reference = losses
         else:
             runs.append(losses)
     return SweepResults(additional_language=plan.additional_language,
-                        languages=tuple(plan.languages), runs=tuple(runs), reference=reference)
+                        languages=tuple(plan.languages), runs=tuple(runs), reference=reference,
+                        accuracy_task=accuracy_task)
 
 
 def _grid(results: SweepResults, languages: Sequence[str]):
@@ -173,29 +210,33 @@ def _list(values) -> str:
 
 
 def _replicates(results: SweepResults, cells, almrs, lrs, languages, count: int, seed: int):
-    """Bootstrap replicates of the loss grids: {language: [R, lr, almr]}, reference {language: [R]}.
-    Each replicate shifts the recorded loss by the resampled mean minus the full mean of the
-    per-batch losses, so replicates center on the recorded (token-weighted) loss."""
+    """Bootstrap replicates of the loss grids: {language: [R, lr, almr]}, reference {language: [R]},
+    and the number of resampled values per language. Each replicate shifts the recorded loss by
+    the resampled mean minus the full mean of the per-batch losses (per-item errors for an
+    accuracy), so replicates center on the recorded (token-weighted) loss."""
     runs = list(results.runs) + ([results.reference] if results.reference else [])
-    # Diverged runs (all losses NaN) have no batches; they stay NaN in every replicate.
-    sizes = {len(r.batches.get(lang, ())) for r in runs for lang in languages
-             if math.isfinite(r.losses[lang])}
-    if count <= 0 or len(sizes) != 1 or min(sizes) < 2:
-        return None, None, 0
-    batches = sizes.pop()
-    index = np.random.default_rng(seed).integers(0, batches, size=(count, batches))
+    sizes = {}
+    for lang in languages:
+        # Diverged runs (all losses NaN) have no batches; they stay NaN in every replicate.
+        found = {len(r.batches.get(lang, ())) for r in runs if math.isfinite(r.losses[lang])}
+        if count <= 0 or len(found) != 1 or min(found) < 2:
+            return None, None, {}
+        sizes[lang] = found.pop()
+    rng = np.random.default_rng(seed)
+    # The same draw for every language with that many values (validation batches, or items).
+    index = {size: rng.integers(0, size, size=(count, size)) for size in sorted(set(sizes.values()))}
 
     def resample(run: RunLosses, language: str) -> np.ndarray:
         if not math.isfinite(run.losses[language]):
             return np.full(count, np.nan)
         per_batch = np.array(run.batches[language])
-        return run.losses[language] + per_batch[index].mean(axis=1) - per_batch.mean()
+        return run.losses[language] + per_batch[index[len(per_batch)]].mean(axis=1) - per_batch.mean()
 
     grids = {lang: np.stack([np.stack([resample(cells[(lr, a)], lang) for a in almrs], axis=-1)
                              for lr in lrs], axis=1) for lang in languages}
     reference = ({lang: resample(results.reference, lang) for lang in languages}
                  if results.reference else None)
-    return grids, reference, batches
+    return grids, reference, sizes
 
 
 def _optima_at(objective, almrs, losses, reference, additional, original, lr_index):
@@ -240,9 +281,11 @@ def fit(results: SweepResults, objective: Objective = Objective(),
         if optimum is None:
             warnings.append(f"lr {lr:g}: fewer than 3 ALMRs with finite losses (diverged runs); "
                             f"left out")
-    rep_losses, rep_reference, batches = _replicates(results, cells, almrs, lrs, languages,
-                                                     bootstrap, seed)
+    rep_losses, rep_reference, sizes = _replicates(results, cells, almrs, lrs, languages,
+                                                   bootstrap, seed)
     replicates = 0 if rep_losses is None else bootstrap
+    accuracy = results.accuracy_task
+    batches = sizes.get(original[0] if accuracy else additional, 0)
     if replicates == 0:
         warnings.append("no per-batch validation losses (or fewer than 2 batches): no bootstrap "
                         "uncertainty")
@@ -296,13 +339,14 @@ def fit(results: SweepResults, objective: Objective = Objective(),
             f"validation-batch noise that the intervals cover, so they understate the uncertainty")
     recommendation = _recommend(optima, used, best, rep_almr, lrs, target_lr, warnings)
     return AlmrFit(
-        objective=objective, objective_text=objective.describe(additional, original),
+        objective=objective, objective_text=objective.describe(additional, original, accuracy),
         additional_language=additional, original_languages=original,
         almrs=tuple(float(a) for a in almrs), lrs=tuple(float(lr) for lr in lrs),
         losses={lang: grid.tolist() for lang, grid in losses.items()}, reference=reference,
         optima=tuple(optima), relations=tuple(relations), best_model=best.model,
         recommendation=recommendation, replicates=replicates, validation_batches=batches,
-        warnings=tuple(warnings))
+        warnings=tuple(warnings), accuracy_task=accuracy,
+        accuracy_items=sizes.get(additional, 0) if accuracy else 0)
 
 
 def _fit_relations(lrs: np.ndarray, almrs: np.ndarray, rep_almr: np.ndarray,
@@ -359,7 +403,9 @@ def _recommend(optima, used, best: RelationFit, rep_almr, lrs, target_lr,
 def format_fit(result: AlmrFit) -> str:
     lines = [f"objective: {result.objective_text}",
              f"grid: ALMR {_list(result.almrs)} x LR {_list(result.lrs)}; bootstrap "
-             f"{result.replicates} replicates over {result.validation_batches} validation batches",
+             f"{result.replicates} replicates over {result.validation_batches} validation batches"
+             + (f" and {result.accuracy_items} {result.accuracy_task} items"
+                if result.accuracy_task else ""),
              f"  {'lr':>9} {'best ALMR':>9} {'+- (1 sd)':>9} {'objective':>9}  note"]
     for o in result.optima:
         interval = f"{o.std:.3f}" if o.std is not None else "-"

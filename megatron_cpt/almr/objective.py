@@ -43,13 +43,17 @@ class Objective:
             raise UserError(f"--weight: must be in [0, 1], got {self.weight}")
         return self
 
-    def describe(self, additional: str, original: tuple[str, ...]) -> str:
+    def describe(self, additional: str, original: tuple[str, ...],
+                 accuracy_task: Optional[str] = None) -> str:
+        """In words; with ``accuracy_task`` the additional language is scored by that task's
+        error (1 - accuracy) instead of its validation loss."""
         others = ", ".join(original)
+        score = f"{accuracy_task} error (1 - accuracy)" if accuracy_task else f"{additional} loss"
         if self.kind == "constrained":
-            return (f"lowest {additional} loss with each of {others} at most "
-                    f"{self.tolerance:.1%} above its pre-CPT loss")
-        return (f"lowest {self.weight:g} x {additional} loss + {1 - self.weight:g} x mean "
-                f"({others}) loss")
+            best = f"highest {accuracy_task} accuracy" if accuracy_task else f"lowest {score}"
+            return (f"{best} with each of {others} at most {self.tolerance:.1%} above its "
+                    f"pre-CPT loss")
+        return (f"lowest {self.weight:g} x {score} + {1 - self.weight:g} x mean ({others}) loss")
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,22 @@ def _lr_colors(count: int):
     return [cmap(x) for x in np.linspace(0.0, 0.85, count)]
 
 
+def _score(result: AlmrFit, language: str) -> str:
+    """What a language's values are: its validation loss, or a benchmark's error."""
+    return result.additional_score if language == result.additional_language else "validation loss"
+
+
+def _before(result: AlmrFit, language: str, digits: int) -> str:
+    value = result.reference.get(language) if result.reference else None
+    return "" if value is None or not np.isfinite(value) else f" (before CPT: {value:.{digits}f})"
+
+
 def plot_heatmap(result: AlmrFit, language: str, path: Path) -> Path:
     grid = np.array(result.losses[language], dtype=float)
     fig = Figure(figsize=(1.1 * len(result.almrs) + 2.2, 0.7 * len(result.lrs) + 1.8))
     ax = fig.add_subplot()
     image = ax.imshow(grid, cmap="viridis_r", aspect="auto", origin="lower")
-    fig.colorbar(image, ax=ax, label="final validation loss")
+    fig.colorbar(image, ax=ax, label=f"final {_score(result, language)}")
     ax.set_xticks(range(len(result.almrs)), [f"{a:g}" for a in result.almrs])
     ax.set_yticks(range(len(result.lrs)), [f"{lr:g}" for lr in result.lrs])
     ax.set_xlabel("ALMR (share of training tokens in " + result.additional_language + ")")
@@ -50,8 +60,7 @@ def plot_heatmap(result: AlmrFit, language: str, path: Path) -> Path:
     for (i, j), value in np.ndenumerate(grid):
         ax.text(j, i, "NaN" if np.isnan(value) else f"{value:.3f}", ha="center", va="center",
                 fontsize=8, color="white" if value > middle else "black")
-    before = f" (before CPT: {result.reference[language]:.3f})" if result.reference else ""
-    ax.set_title(f"validation loss, {language}{before}")
+    ax.set_title(f"{_score(result, language)}, {language}{_before(result, language, 3)}")
     return save_figure(fig, path)
 
 
@@ -89,13 +98,13 @@ def plot_curves(result: AlmrFit, path: Path) -> Path:
                         lw=1)
         before = ""
         if result.reference and language == result.additional_language:
-            before = f" (before CPT: {result.reference[language]:.2f})"
+            before = _before(result, language, 2)
         elif result.reference:
             ax.axhline(result.reference[language], color="grey", ls="--", lw=1, label="before CPT")
             if result.objective.kind == "constrained" and language in result.original_languages:
                 ax.axhline(result.reference[language] * (1 + result.objective.tolerance),
                            color="red", ls=":", lw=1, label=f"+{result.objective.tolerance:.1%}")
-        ax.set_title(f"{language} validation loss{before}")
+        ax.set_title(f"{language} {_score(result, language)}{before}")
         ax.set_xlabel("ALMR")
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)

@@ -1,5 +1,6 @@
 """The pre-CPT reference of an ALMR sweep: evaluate the initial weights (``checkpoint.pretrained``)
-on the validation sets, without training, and record them as step 0 of ``metrics.jsonl``.
+on the validation sets (and the benchmarks of an ``eval`` section), without training, and record
+them as step 0 of ``metrics.jsonl``.
 
     megatron-cpt almr reference SWEEP_DIR/reference/recipe.yaml
 
@@ -24,6 +25,8 @@ def evaluate_initial_weights(recipe: Recipe) -> None:
     try:
         values = evaluate_validation_sets(state.model, state.data, recipe, state.dp_rank,
                                           state.dp_size, state.num_microbatches)
+        if state.benchmarks is not None:
+            values.update(state.benchmarks.evaluate(state.model, 0))
         state.metrics.write(0, values)
     finally:
         state.metrics.close()

@@ -153,6 +153,9 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
         raise ConfigError(f"train.eval_interval: {interval} must divide the sweep's train.steps "
                           f"{steps} so that the last step is evaluated (e.g. "
                           f"train.eval_interval={steps})")
+    if recipe.eval.interval and steps % recipe.eval.interval:
+        raise ConfigError(f"eval.interval: {recipe.eval.interval} must divide the sweep's "
+                          f"train.steps {steps} so that the last step's accuracy is recorded")
 
     optim = recipe.optim
 

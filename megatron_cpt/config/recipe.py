@@ -10,6 +10,7 @@ from pathlib import Path
 
 from megatron_cpt.config.checkpoint import CheckpointConfig
 from megatron_cpt.config.data import DataConfig
+from megatron_cpt.config.eval import EvalConfig
 from megatron_cpt.config.launch import LaunchConfig
 from megatron_cpt.config.loader import apply_overrides, build_dataclass, read_yaml, to_dict
 from megatron_cpt.config.logs import LoggingConfig
@@ -31,6 +32,7 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def data_parallel_size(self) -> int:
@@ -67,6 +69,10 @@ class Recipe:
                 f"(model.vocab_size={self.model.vocab_size})")
         self.checkpoint.validate()
         self.logging.validate()
+        self.eval.validate()
+        if (self.eval.max_length or 0) > self.model.max_position_embeddings:
+            raise ConfigError(f"eval.max_length: {self.eval.max_length} exceeds "
+                              f"model.max_position_embeddings {self.model.max_position_embeddings}")
         if self.logging.trace_steps and self.logging.trace_steps[1] > self.train.steps:
             raise ConfigError(f"logging.trace_steps: step {self.logging.trace_steps[1]} is after "
                               f"the last step (train.steps={self.train.steps})")

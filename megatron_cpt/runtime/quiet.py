@@ -14,6 +14,7 @@ _KNOWN = (
     ".*is deprecated. Please use `torch.distributed.*",
     ".*\\.grad attribute of a Tensor that is not a leaf.*",
     ".*Please use DTensor instead and we are deprecating ShardedTensor.*",
+    ".*`load_state_dict` is deprecated and will be removed.*",
 )
 
 

@@ -3,7 +3,8 @@
     state = build_state(recipe)                    # megatron_cpt.train.state
     until a stop reason:
         record = train_one_step(state)             # one optimizer step on the next global batch
-        evals = maybe_evaluate(state, record)      # validation every train.eval_interval steps
+        evals = maybe_evaluate(state, record)      # validation every train.eval_interval steps,
+                                                   # benchmarks every eval.interval steps
         reason = stops.agree(...)                  # finished, SIGTERM or wall-clock budget: all ranks
         maybe_checkpoint(state, record, reason)    # every save_interval steps, and when stopping
         record_step(state, record, evals)          # metrics.jsonl + TensorBoard + log line
@@ -80,11 +81,17 @@ def train_one_step(state: TrainState) -> StepRecord:
 def maybe_evaluate(state: TrainState, record: StepRecord) -> dict[str, float]:
     from megatron_cpt.train.evaluation import evaluate_validation_sets
 
-    interval = state.recipe.train.eval_interval
-    if not record.finite or not interval or state.progress.step % interval:
+    interval, step = state.recipe.train.eval_interval, state.progress.step
+    if not record.finite:
         return {}
-    return evaluate_validation_sets(state.model, state.data, state.recipe, state.dp_rank,
-                                    state.dp_size, state.num_microbatches)
+    values = {}
+    if interval and step % interval == 0:
+        values.update(evaluate_validation_sets(state.model, state.data, state.recipe,
+                                               state.dp_rank, state.dp_size,
+                                               state.num_microbatches))
+    if state.benchmarks is not None and state.benchmarks.due(step):
+        values.update(state.benchmarks.evaluate(state.model, step))
+    return values
 
 
 def record_step(state: TrainState, record: StepRecord, evals: dict[str, float]) -> None:

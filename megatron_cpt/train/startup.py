@@ -17,8 +17,9 @@ from megatron_cpt.errors import UserError
 
 
 def check_inputs(recipe: Recipe) -> None:
-    """The data files (present, non-empty, ids within the model's vocabulary) and the initial
-    weights, or the checkpoint the run would resume from (present, whole, of this model)."""
+    """The data files (present, non-empty, ids within the model's vocabulary), the benchmark
+    tasks and their tokenizer, and the initial weights, or the checkpoint the run would resume
+    from (present, whole, of this model)."""
     from megatron_cpt.data.chat_dataset import with_planned_steps
     from megatron_cpt.data.datasets import resolve_training_data
     from megatron_cpt.train.checkpoint import check_checkpoints_before_start
@@ -27,6 +28,10 @@ def check_inputs(recipe: Recipe) -> None:
     recipe = with_planned_steps(recipe)  # the steps data.chat.epochs gives, checked
     resolve_training_data(recipe.data, recipe.train, recipe.model.vocab_size,
                           with_validation=recipe.train.eval_interval > 0)
+    if recipe.eval.interval:
+        from megatron_cpt.eval.in_training import TrainingBenchmarks
+
+        TrainingBenchmarks.from_recipe(recipe)  # reads the tasks and the tokenizer
     check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
 
 

@@ -2,7 +2,7 @@
 
 1. process groups and seeds; 2. model chunks, DDP, optimizer, LR schedule; 3. state: resume (our
 own checkpoint) wins over initial weights (a converted checkpoint); 4. data: the mixture, enough
-samples for every step of the run, validation sets; 5. the metrics writer.
+samples for every step of the run, validation sets, benchmark tasks; 5. the metrics writer.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class TrainState:
     stop_message: str = ""  # why the run stopped early, for the last line it prints
     # checkpoint.async_save: megatron-core's queue of background checkpoint writes.
     checkpoint_writes: object = None
+    # eval.interval: benchmark accuracy (megatron_cpt.eval.in_training.TrainingBenchmarks).
+    benchmarks: object = None
 
     @property
     def final_step(self) -> int:
@@ -82,6 +84,7 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.checkpointing.dist_io import load_model_weights, read_meta
     from megatron_cpt.data.chat_dataset import with_planned_steps
     from megatron_cpt.data.datasets import build_training_data
+    from megatron_cpt.eval.in_training import TrainingBenchmarks
     from megatron_cpt.model.build import build_model, describe_layout
     from megatron_cpt.profile.throughput import ThroughputMeter
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
@@ -141,6 +144,10 @@ def build_state(cfg: Recipe) -> TrainState:
         # The time-limit stop reserves the longest save seen so far, across starts.
         longest_save_s = _truncate_metrics_after(run_dir, progress.step)
 
+    benchmarks = TrainingBenchmarks.from_recipe(cfg)
+    if benchmarks is not None:
+        log(benchmarks.describe_cost(cfg))
+
     # 5. Metrics, written by one rank; step timers and throughput, on every rank.
     metrics = MetricsWriter(run_dir, cfg.logging.tensorboard, enabled=is_logging_rank())
     timers = StepTimers(chunks[0].config, cfg.logging.detail_interval, cfg.logging.trace_steps,
@@ -153,4 +160,5 @@ def build_state(cfg: Recipe) -> TrainState:
         num_microbatches=cfg.train.num_microbatches(dp_size), timers=timers,
         throughput=throughput, longest_save_s=longest_save_s,
         last_saved=resume_from, saved_step=progress.step if resume_from is not None else None,
-        checkpoint_writes=AsyncCallsQueue() if cfg.checkpoint.async_save else None)
+        checkpoint_writes=AsyncCallsQueue() if cfg.checkpoint.async_save else None,
+        benchmarks=benchmarks)

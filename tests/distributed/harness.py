@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_RECIPE = REPO / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
@@ -50,3 +54,33 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def losses(run_dir: Path) -> list[float]:
     return [record["loss"] for record in metrics(run_dir)]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the launcher and every rank (torchrun starts ranks in sessions of their own)."""
+    parent = psutil.Process(pid)
+    for process in [parent, *parent.children(recursive=True)]:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def run_until_then_kill(args: list[str], seen, log: Path, env: dict | None = None) -> str:
+    """Start a training run, SIGKILL every process of it once ``seen()`` is true; its stdout."""
+    command = [sys.executable, "-m", "megatron_cpt", "train", str(TINY_RECIPE), *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 300
+        try:
+            while not seen():
+                assert proc.poll() is None, f"the run ended before the point was caught:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "the point was never reached"
+                time.sleep(0.005)
+            kill_tree(proc.pid)
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+            proc.wait()
+    return log.read_text()

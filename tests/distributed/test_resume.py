@@ -5,18 +5,11 @@ the previous one."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import psutil
 import pytest
 
-from harness import TINY_RECIPE, losses, metrics, train, write_initial_weights
+from harness import losses, metrics, run_until_then_kill, train, write_initial_weights
 from megatron_cpt.checkpointing.dist_io import PAUSE_ENV, is_complete
 from token_fixtures import byte_run_overrides, write_byte_dataset
 
@@ -63,36 +56,6 @@ def test_resume_matches_uninterrupted_run(setup):
     assert len(losses(resharded)) == 10
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGKILL the launcher and every rank (torchrun starts ranks in sessions of their own)."""
-    parent = psutil.Process(pid)
-    for process in [parent, *parent.children(recursive=True)]:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-
-
-def _run_until_then_kill(args: list[str], seen, log: Path, env: dict | None = None) -> str:
-    """Start a training run, SIGKILL every process of it once ``seen()`` is true; its stdout."""
-    command = [sys.executable, "-m", "megatron_cpt", "train", str(TINY_RECIPE), *args]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 300
-        try:
-            while not seen():
-                assert proc.poll() is None, f"the run ended before the point was caught:\n{log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, "the point was never reached"
-                time.sleep(0.005)
-            _kill_tree(proc.pid)
-        finally:
-            if proc.poll() is None:
-                _kill_tree(proc.pid)
-            proc.wait()
-    return log.read_text()
-
-
 def test_kills_during_write_rename_and_latest_update_keep_the_previous(setup):
     """Three runs are killed while they save step 10: during the shard writes, between the
     finished write and its rename, and between the rename and the update of ``latest``. Each time
@@ -108,12 +71,12 @@ def test_kills_during_write_rename_and_latest_update_keep_the_previous(setup):
     resumed = f"resumed from {step5} at step 5"
 
     # 1. During the shard writes: the first sight of step_000010.tmp.
-    _run_until_then_kill(args, lambda: (ckpt / "step_000010.tmp").exists(), root / "kill1.log")
+    run_until_then_kill(args, lambda: (ckpt / "step_000010.tmp").exists(), root / "kill1.log")
     assert (ckpt / "latest").read_text().strip() == "step_000005"
     assert not step10.exists()
 
     # 2. Written completely (shards and megatron_cpt.json), not yet renamed into place.
-    out = _run_until_then_kill(args, lambda: (ckpt / "paused-at-rename").exists(),
+    out = run_until_then_kill(args, lambda: (ckpt / "paused-at-rename").exists(),
                                root / "kill2.log", {PAUSE_ENV: "rename"})
     assert resumed in out
     # The start found the first kill's partial write, said so and removed it before writing anew.
@@ -124,7 +87,7 @@ def test_kills_during_write_rename_and_latest_update_keep_the_previous(setup):
 
     # 3. Renamed into place, ``latest`` not yet replaced: latest still names step 5, which is
     # complete, and wins over the newer directory.
-    out = _run_until_then_kill(args, lambda: (ckpt / "paused-at-latest").exists(),
+    out = run_until_then_kill(args, lambda: (ckpt / "paused-at-latest").exists(),
                                root / "kill3.log", {PAUSE_ENV: "latest"})
     assert resumed in out
     assert is_complete(step10) and not (ckpt / "step_000010.tmp").exists()
