@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -162,12 +163,17 @@ def run_rank(main: Callable[[], int], verb: str) -> int:
     if reports:
         (Path(reports) / f"rank-{rank}.pid").write_text(str(os.getpid()))
     quiet_known_warnings()
+    if not debugging():
+        # Its writer logs the error it then raises, which is reported here in one line.
+        logging.getLogger("megatron.core.dist_checkpointing").setLevel(logging.CRITICAL)
     try:
         return main()
     except USER_ERRORS as exc:
         report_failure(verb, one_line(exc), 2)
         return 2
-    except Exception as exc:  # noqa: BLE001 - a failure that is not a bug, or a bug (re-raised)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # torch's CheckpointException is one; bugs are re-raised below
         message = explain_failure(exc)
         if message is None:
             if _reported_elsewhere():

@@ -8,6 +8,7 @@ process killed mid-write leaves no directory that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -103,6 +104,29 @@ def reading_checkpoint(directory: str | Path):
         raise CheckpointError(f"checkpoint '{directory}': cannot be read ({_describe(exc)})") from None
 
 
+try:
+    from torch.distributed.checkpoint.api import CheckpointException
+except ImportError:  # an older torch
+    CheckpointException = Exception
+
+
+@contextlib.contextmanager
+def writing_checkpoint(directory: str | Path):
+    """Name a full file system as the cause of a failed checkpoint write. torch's writer reports
+    it as a zip-writer position mismatch from a helper process, without the errno, so the file
+    system is asked instead: nearly no space left after a failed write is the cause."""
+    try:
+        yield
+    except (Exception, CheckpointException) as exc:  # torch's CheckpointException: BaseException
+        target = Path(directory)
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        usage = shutil.disk_usage(target)
+        if usage.free < min(16 << 20, usage.total // 20):
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory)) from exc
+        raise
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, (pickle.UnpicklingError, EOFError)):
         return f"a file is corrupt or cut short: {type(exc).__name__}"
@@ -149,10 +173,12 @@ def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[
             after_commit()
 
     if background is None:
-        dist_checkpointing.save(sharded_state, str(tmp))
-        commit()
+        with writing_checkpoint(tmp):
+            dist_checkpointing.save(sharded_state, str(tmp))
+            commit()
     else:
-        request = dist_checkpointing.save(sharded_state, str(tmp), async_sharded_save=True)
+        with writing_checkpoint(tmp):
+            request = dist_checkpointing.save(sharded_state, str(tmp), async_sharded_save=True)
         request.add_finalize_fn(commit)
         background.schedule_async_request(request)
     return final

@@ -135,12 +135,14 @@ def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) 
 
     Returns the stop reason, which becomes ``NO_SPACE`` when a due save would not fit on the
     checkpoint file system: the run then stops without writing (``latest`` stays whole)."""
+    from megatron_cpt.checkpointing.dist_io import writing_checkpoint
     from megatron_cpt.train.checkpoint import room_for_next_checkpoint, save_training_checkpoint
 
     cfg, step = state.recipe, state.progress.step
     if state.checkpoint_writes is not None:
         # Commit the background writes every rank has finished; before the run stops, all of them.
-        state.checkpoint_writes.maybe_finalize_async_calls(blocking=reason != StopReason.NONE)
+        with writing_checkpoint(state.ckpt_dir):
+            state.checkpoint_writes.maybe_finalize_async_calls(blocking=reason != StopReason.NONE)
     if state.saved_step == step or (not record.finite and cfg.train.nonfinite_loss == "stop"):
         return reason
     interval = cfg.checkpoint.save_interval
@@ -188,9 +190,7 @@ def run_training(recipe: Recipe, stops: StopRequests) -> TrainOutcome:
             reason = maybe_checkpoint(state, record, reason)
             record_step(state, record, evals)
         ended = reason.label
-        if reason == StopReason.NO_SPACE:
-            log(f"stopped after step {state.progress.step}: {state.stop_message}")
-        elif reason.resumable:
+        if reason.saves:  # a stop without a save says why in the job's last line (train.worker)
             log(f"stopped after step {state.progress.step} ({ended}); resume from "
                 f"{state.last_saved}")
     except NonFiniteLossError:
