@@ -36,9 +36,28 @@ def overrides(tmp_path_factory):
             "checkpoint.save_interval=2"]
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """Whatever a failing test left running is killed with everything it started."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            for process in [*psutil.Process(proc.pid).children(recursive=True), proc]:
+                try:
+                    process.kill()
+                except (psutil.NoSuchProcess, ProcessLookupError):
+                    pass
+
+
 def _start(command: list[str], log_path) -> subprocess.Popen:
     log = open(log_path, "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _started.append(proc)
+    return proc
 
 
 def _wait_for_steps(run_dir, proc, count: int, log_path) -> None:
@@ -52,7 +71,7 @@ def _wait_for_steps(run_dir, proc, count: int, log_path) -> None:
 
 def _ranks(proc: subprocess.Popen) -> list[psutil.Process]:
     return [p for p in psutil.Process(proc.pid).children(recursive=True)
-            if "megatron_cpt.train.worker" in " ".join(p.cmdline())]
+            if p.cmdline()[1:3] == ["-m", "megatron_cpt.train.worker"]]
 
 
 def _assert_all_gone(processes: list[psutil.Process], within_s: float = 30) -> None:
