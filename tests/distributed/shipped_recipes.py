@@ -23,7 +23,9 @@ MAX_RANKS = 4
 
 
 def shipped_h100_recipes() -> list[Path]:
-    return sorted((REPO / "examples").glob("*h100*.yaml"))
+    """The continual pre-training recipes for H100s. (The fine-tuning ones read packed chat data,
+    which tests/distributed/test_sft_train.py prepares and trains through a stop and a resume.)"""
+    return sorted((REPO / "examples").glob("*_cpt_*h100*.yaml"))
 
 
 def shrink(recipe: Path, out_dir: Path, data_dir: Path, initial_weights: Path) -> Path:
