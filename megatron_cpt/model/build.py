@@ -71,12 +71,19 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backe
         apply_rope_fusion=fused and backend == "te",
         gradient_accumulation_fusion=gradient_accumulation_fusion_available(),
         cross_entropy_loss_fusion=False,
-        deallocate_pipeline_outputs=True,
-        # Batched p2p posts send_prev before send_next on every rank. NCCL pairs a group's ops as a
-        # whole, but gloo matches messages between two ranks in posting order, and with PP=2 and
-        # virtual stages each rank is both the previous and the next of the other: activations
-        # and gradients would swap. Unbatched p2p orders the ops by rank parity instead.
-        batch_p2p_comm=not on_cpu,
+        # megatron-core frees a stage's output right after posting its send. NCCL keeps the
+        # memory until the send has run (p2p ops record their CUDA stream); gloo sends from a
+        # background thread, which under the overlapped p2p of interleaving would read freed memory.
+        deallocate_pipeline_outputs=not on_cpu,
+        # Pipeline p2p as Megatron-LM sets it. Interleaving (vpp) overlaps its sends and receives
+        # with compute, one op at a time: megatron-core's unbatched p2p posts them in an order set
+        # by rank parity and, in a pipeline group of two, sends one direction over the world group.
+        # Batched, at PP=2 each rank's two sends of an interleaved step go to the same peer with
+        # activations and gradients of the same shape, which megatron-core only keeps apart
+        # unbatched (Megatron-LM refuses interleaving at PP=2 without the overlap). On the CPU
+        # every layout is unbatched: gloo matches messages between two ranks in posting order.
+        overlap_p2p_comm=parallel.vpp is not None,
+        batch_p2p_comm=parallel.vpp is None and not on_cpu,
     )
     if model.recompute != "none":
         kwargs.update(recompute_granularity=model.recompute)
@@ -136,6 +143,10 @@ def describe_layout(chunks) -> dict:
         "cp": parallel_state.get_context_parallel_world_size(),
         "dp": parallel_state.get_data_parallel_world_size(),
         "sequence_parallel": config.sequence_parallel,
+        # Pipeline sends and receives: batched (1F1B on GPUs) or one by one, overlapped with
+        # compute under interleaving.
+        "pipeline_p2p": ("overlapped" if config.overlap_p2p_comm else
+                         "batched" if config.batch_p2p_comm else "unbatched"),
         # True when every norm weight is all-reduced over TP by finalize_model_grads (needed by SP).
         "norm_grads_reduced_over_tp": bool(norm_weights) and all(
             getattr(p, "sequence_parallel", False) for p in norm_weights),

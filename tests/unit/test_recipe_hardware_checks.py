@@ -100,3 +100,18 @@ def test_fp8_without_transformer_engine_is_a_config_error():
         build_transformer_config(model, ParallelConfig(),
                                  specs.resolve_attention_backend(model.attention_backend),
                                  on_cpu=True)
+
+
+@pytest.mark.parametrize("on_cpu", [False, True])
+def test_interleaved_pipeline_p2p_is_unbatched_and_overlapped_on_every_device(on_cpu):
+    """With PP=2 and virtual stages, each rank's sends of an interleaved step go to its one peer;
+    megatron-core keeps activations and gradients apart only with unbatched p2p (Megatron-LM's
+    setting for interleaving: overlap on, batching off)."""
+    from megatron_cpt.model.build import build_transformer_config
+
+    model = ModelConfig(num_layers=4, dtype="fp32")
+    interleaved = build_transformer_config(model, ParallelConfig(pp=2, vpp=2), "sdpa", on_cpu=on_cpu)
+    assert (interleaved.batch_p2p_comm, interleaved.overlap_p2p_comm) == (False, True)
+    plain = build_transformer_config(model, ParallelConfig(pp=2), "sdpa", on_cpu=on_cpu)
+    # 1F1B without interleaving: batched on GPUs, as Megatron-LM; one order for all on gloo.
+    assert (plain.batch_p2p_comm, plain.overlap_p2p_comm) == (not on_cpu, False)
