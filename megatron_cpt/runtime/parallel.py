@@ -7,7 +7,8 @@
    and the model config's hooks the pipeline schedules call (``no_sync_func``,
    ``grad_sync_func`` and ``param_sync_func`` when the reductions and all-gathers overlap,
    ``finalize_model_grads_func``).
-4. ``build_optimizer``: megatron-core's optimizer (distributed when configured) over the DDP chunks.
+4. ``build_optimizer``: megatron-core's optimizer (distributed when configured) over the DDP chunks,
+   and the config's ``grad_scale_func`` (its loss scale).
 """
 
 from __future__ import annotations
@@ -126,6 +127,11 @@ def build_optimizer(ddp_chunks, optim: OptimConfig, parallel: ParallelConfig, dt
     )
     optimizer = get_megatron_optimizer(config, ddp_chunks)
     patch_adam_state_loading(optimizer)
+    # The schedules multiply each micro-batch's loss by the optimizer's loss scale before its
+    # backward pass, which the optimizer divides out of the gradients again. fp16's dynamic scale
+    # (2**32 at first, halved on overflow) keeps small gradients representable; bf16 and fp32
+    # scale by 1. Without this, fp16 gradients were divided by a scale never applied.
+    ddp_chunks[0].config.grad_scale_func = optimizer.scale_loss
     return optimizer
 
 
