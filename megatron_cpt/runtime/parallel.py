@@ -25,6 +25,12 @@ from megatron_cpt.runtime.mcore_compat import patch_adam_state_loading
 from megatron_cpt.runtime.quiet import quiet_known_warnings
 
 
+# Gradient-reduction buckets on GPUs: megatron-core's default up to DP 40, but fixed, so that the
+# distributed optimizer's buckets, which a dp_reshardable checkpoint is laid out in, do not change
+# with DP (megatron-core grows them above DP 40): such a checkpoint then loads at any DP.
+GPU_BUCKET_ELEMENTS = 40_000_000
+
+
 def on_cuda() -> bool:
     return torch.cuda.is_available()
 
@@ -79,7 +85,7 @@ def wrap_with_ddp(chunks, parallel: ParallelConfig):
         align_param_gather=align_param_gather,
         use_distributed_optimizer=parallel.distributed_optimizer,
         check_for_nan_in_grad=False,
-        bucket_size=None if on_cuda() else 2**62,
+        bucket_size=GPU_BUCKET_ELEMENTS if on_cuda() else 2**62,
     )
     wrapped = []
     for index, chunk in enumerate(chunks):

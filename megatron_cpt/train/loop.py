@@ -141,7 +141,8 @@ def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) 
     background = state.checkpoint_writes if reason == StopReason.NONE else None
     state.last_saved = save_training_checkpoint(
         state.ckpt_dir, state.model, state.optimizer, state.scheduler, state.progress, cfg.model,
-        cfg.parallel, cfg.checkpoint.keep_last, background=background)
+        cfg.parallel, cfg.checkpoint.keep_last, background=background,
+        reshardable=cfg.checkpoint.reshardable)
     record.checkpoint_save_s = time.perf_counter() - start
     state.saved_step = step
     if background is None:  # the time a stop's (blocking) save takes

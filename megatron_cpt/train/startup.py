@@ -18,14 +18,16 @@ from megatron_cpt.errors import UserError
 
 def check_inputs(recipe: Recipe) -> None:
     """The data files (present, non-empty, ids within the model's vocabulary) and the initial
-    weights, or the checkpoint the run would resume from (present, whole, of this model)."""
+    weights, or the checkpoint the run would resume from (present, whole, of this model, and
+    loadable in this layout)."""
     from megatron_cpt.data.mixture import resolve_mixture
     from megatron_cpt.train.checkpoint import check_checkpoints_before_start
     from megatron_cpt.train.state import checkpoint_dir
 
     resolve_mixture(recipe.data, recipe.train, recipe.model.vocab_size,
                     with_validation=recipe.train.eval_interval > 0)
-    check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
+    check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model,
+                                   recipe.parallel)
 
 
 def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: Callable[[], int],
