@@ -3,7 +3,8 @@ variables of a one-task-per-GPU Slurm launch.
 
 ``job_environment`` is what the generated sbatch script exports (and, with a container image,
 passes by name with pyxis ``--container-env``, because pyxis otherwise keeps the image's value of
-a variable the image also sets).
+a variable the image also sets), and what ``megatron-cpt train`` gives its local ranks
+(``train/startup.py``): one environment for both paths.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ starts ``launch.procs_per_node`` local ranks of the worker module (``launch/loca
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 from megatron_cpt.config.recipe import Recipe
@@ -35,7 +36,8 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
     """Check, then run ``this_rank()`` inside a distributed job, else ``python -m worker
     worker_args`` on the local ranks. ``several_nodes``: what to do instead when
     ``launch.nodes`` > 1; ``run_dir``: a training run's (its exit status comes from there)."""
-    from megatron_cpt.launch.local import inside_distributed_job, run_local
+    from megatron_cpt.launch.environment import job_environment
+    from megatron_cpt.launch.local import SHUTDOWN_TIMEOUT_S, inside_distributed_job, run_local
     from megatron_cpt.model.specs import resolve_attention_backend
 
     check_inputs(recipe)
@@ -45,4 +47,8 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
     if recipe.launch.nodes != 1:
         raise UserError(f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; "
                         f"{several_nodes}")
-    return run_local(worker, worker_args, recipe.launch.procs_per_node, run_dir=run_dir)
+    # The ranks get the environment of a Slurm job's ranks (launch/environment.py); a variable
+    # already set in this shell keeps its value.
+    env = {name: value for name, value in job_environment(recipe, SHUTDOWN_TIMEOUT_S).items()
+           if name not in os.environ}
+    return run_local(worker, worker_args, recipe.launch.procs_per_node, run_dir=run_dir, env=env)
