@@ -1,9 +1,10 @@
 """Run a megatron-cpt worker module on N local processes through torchrun (``--standalone``).
 
 Used by ``megatron-cpt train``, ``convert`` and ``almr`` when they are not already inside a
-distributed job (no ``WORLD_SIZE`` in the environment). A SIGTERM to this process is passed to
-torchrun once, which passes it to the ranks; further ones are not passed on, so they cannot cut a
-checkpoint write short.
+distributed job (no ``WORLD_SIZE`` in the environment). A SIGTERM to this process is passed once to
+the ranks themselves, not to torchrun, which would SIGKILL them after its shutdown timeout (30 s
+before torch 2.11) in the middle of the stop save; further ones are not passed on, so they cannot
+cut a checkpoint write short.
 
 A user error raised in a rank reaches the user once, as one line with exit status 2, never as a
 traceback per rank: ``run_rank`` (each worker's entry point) writes the message to a file that
@@ -66,7 +67,7 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
         def forward_once(signum, _frame):
             if not forwarded:
                 forwarded.append(signum)
-                torchrun.send_signal(signum)
+                _signal_ranks(torchrun, signum)
 
         previous = signal.signal(signal.SIGTERM, forward_once)
         try:
@@ -83,6 +84,24 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
 
             return EXIT_RESUMABLE
     return status
+
+
+def _signal_ranks(torchrun: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to torchrun's ranks (its child processes): they save, exit, and torchrun
+    ends with them. Before any rank has started, to torchrun."""
+    import psutil
+
+    try:
+        ranks = psutil.Process(torchrun.pid).children()
+    except psutil.NoSuchProcess:
+        return
+    if not ranks:
+        torchrun.send_signal(signum)
+    for rank in ranks:
+        try:
+            rank.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _relay_stderr(pipe, error_file: Path) -> None:
