@@ -14,7 +14,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_cpt.config.model import ModelConfig, padded_vocab_size
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.errors import ConfigError
-from megatron_cpt.model.specs import (build_decoder_spec, check_fp8_recipe_on_device,
+from megatron_cpt.model.specs import (build_decoder_spec, check_fp8_recipe_for_te,
+                                      check_fp8_recipe_on_device,
                                       gradient_accumulation_fusion_available,
                                       resolve_attention_backend)
 from megatron_cpt.model.vocab_padding import mask_padded_logits
@@ -28,6 +29,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backe
     if model.fp8 is not None:
         if backend != "te":
             raise ConfigError("model.fp8: FP8 needs Transformer Engine, which is not installed here")
+        check_fp8_recipe_for_te(model.fp8.recipe)
         if not on_cpu:
             check_fp8_recipe_on_device(model.fp8.recipe, torch.cuda.get_device_capability(),
                                        torch.cuda.get_device_name())
@@ -70,7 +72,11 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backe
         bias_dropout_fusion=fused and backend == "te",
         apply_rope_fusion=fused and backend == "te",
         gradient_accumulation_fusion=gradient_accumulation_fusion_available(),
-        cross_entropy_loss_fusion=False,
+        # The loss from Transformer Engine's fused kernel over the TP-split logits, without
+        # megatron-core's fp32 copy of them (4.2 GB per micro-batch of 8192 tokens for Llama-3's
+        # vocabulary), as Megatron-Bridge's recipes run it; its native variant needs torch.compile.
+        cross_entropy_loss_fusion=fused and backend == "te",
+        cross_entropy_fusion_impl="te",
         # megatron-core frees a stage's output right after posting its send. NCCL keeps the
         # memory until the send has run (p2p ops record their CUDA stream); gloo sends from a
         # background thread, which under the overlapped p2p of interleaving would read freed memory.

@@ -38,10 +38,12 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
     ``launch.nodes`` > 1; ``run_dir``: a training run's (its exit status comes from there)."""
     from megatron_cpt.launch.environment import job_environment
     from megatron_cpt.launch.local import SHUTDOWN_TIMEOUT_S, inside_distributed_job, run_local
-    from megatron_cpt.model.specs import resolve_attention_backend
+    from megatron_cpt.model.specs import check_fp8_recipe_for_te, resolve_attention_backend
 
     check_inputs(recipe)
-    resolve_attention_backend(recipe.model.attention_backend)  # a broken TE install, said once
+    # A broken TE install, or an FP8 recipe the installed TE lacks, said once.
+    if resolve_attention_backend(recipe.model.attention_backend) == "te" and recipe.model.fp8:
+        check_fp8_recipe_for_te(recipe.model.fp8.recipe)
     if inside_distributed_job():
         return this_rank()
     if recipe.launch.nodes != 1:

@@ -97,5 +97,6 @@ def test_cpu_converted_checkpoint_loads_into_the_te_spec(tmp_path):
         out = train(common + [f"model.attention_backend={backend}", f"logging.run_dir={run_dir}"])
         assert f"initial weights from {ckpt}" in out.stdout
         first_losses[backend] = losses(run_dir)[0]
-    # The same weights in both specs (the TE layers' FP8 state starts fresh): the same first loss.
+    # The same weights in both specs (the TE layers' FP8 state starts fresh): the same first loss,
+    # also with TE's fused cross-entropy (on with the TE spec on GPUs) against the unfused one.
     assert abs(first_losses["te"] - first_losses["sdpa"]) <= 1e-3 * first_losses["sdpa"]
