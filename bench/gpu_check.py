@@ -5,7 +5,11 @@ in one JSON file.
 
 Runs ``pytest tests/gpu`` and ``bench/gpu_throughput.py`` (defaults: Llama-3-8B shape, 4 layers,
 seq 8192, BF16, ours against Hugging Face) each under its own time limit, so that the whole check
-ends well inside 8 minutes; megatron-core and this project must already be installed (the Makefile
+ends well inside 8 minutes. The GPU tests: 3 BF16 steps with MFU against the card's peak; with 2
+GPUs, TP2 with sequence parallelism and PP2 with interleaving over NCCL against one GPU; with
+Transformer Engine, its spec, and a checkpoint converted on CPU ranks (where TE is installed) in
+the TE spec (fused cross-entropy) against the SDPA spec. Each one's outcome, or why it was
+skipped, is in the JSON's ``tests_gpu`` output (pytest ``-rA``); megatron-core and this project must already be installed (the Makefile
 target does that from .whl/ without network). Any of ``NEEDED_MODULES`` that is absent stops the
 check before it starts (exit status 2, the names in the JSON).
 """
@@ -120,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_json = out.with_name(out.stem + ".throughput.json")
     bench_json.unlink(missing_ok=True)  # never report an earlier run's figures
     start = time.perf_counter()
-    tests = run_step([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"],
-                     args.tests_timeout)
+    tests = run_step([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+                      "tests/gpu"], args.tests_timeout)
     bench = run_step([sys.executable, "bench/gpu_throughput.py", "--out", str(bench_json),
                       *args.bench_args], args.bench_timeout)
     result = {"card": torch.cuda.get_device_name(), "tests_gpu": tests, "bench": bench,

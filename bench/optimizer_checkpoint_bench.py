@@ -1,15 +1,24 @@
-"""Host memory per rank of a training-checkpoint save and load with the distributed optimizer.
+"""Host memory and time per rank of a training-checkpoint save and load with the distributed
+optimizer, in the checkpoint formats training can use.
 
     python bench/optimizer_checkpoint_bench.py [--dp 2] [--layers 8] [--hidden 1024] [--work-dir DIR]
 
 Starts ``--dp`` gloo ranks (torchrun) that build a bf16 Llama-shaped model (fp32 main weights and
 Adam moments in the distributed optimizer, sharded over DP), take one optimizer step, then save a
-training checkpoint and load it back, once with megatron-core's default ``fully_reshardable``
-exchange (every rank all-gathers the whole DP group's optimizer state) and once with its
-memory-efficient variant (gathered over gloo on DP rank 0 only), the one training uses. For each
-rank it prints the resident set size before, and the peak during, each save and load (Linux
-``VmHWM``, reset through ``/proc/self/clear_refs`` before each operation), next to the size of
-the optimizer state that rank holds and of the whole DP group's.
+training checkpoint and load it back in each of:
+
+- ``one_writer_fully_reshardable``: the optimizer in megatron-core's memory-efficient
+  ``fully_reshardable`` format (the DP group's state gathered over gloo on DP rank 0) and
+  megatron-core's default save and load (one replica writes each tensor, every rank reads all it
+  needs): what every save did before this release;
+- ``parallel_dp_reshardable``: ``dp_reshardable`` (each rank writes its own shard) with the fully
+  parallel save and load over DP: the default now (``save_training_checkpoint``);
+- ``parallel_fully_reshardable``: ``checkpoint.reshardable: true`` now.
+
+For each rank it prints the resident set size before, and the peak during, each save and load
+(Linux ``VmHWM``, reset through ``/proc/self/clear_refs`` before each operation) and the seconds it
+took (all ranks done), next to the size of the optimizer state that rank holds and of the whole DP
+group's.
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 MIB = 2**20
+VARIANTS = ("one_writer_fully_reshardable", "parallel_dp_reshardable",
+            "parallel_fully_reshardable")
 
 
 def _status_kib(field: str) -> int:
@@ -32,29 +44,35 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _peak_during(action) -> tuple[float, float]:
-    """(RSS before, peak RSS while ``action`` ran), MiB."""
+def _measure(action) -> tuple[float, float, float]:
+    """(RSS before, peak RSS while ``action`` ran) in MiB, and its seconds until all ranks are done."""
     import gc
 
+    import torch.distributed as dist
+
     gc.collect()
+    dist.barrier()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     before = _status_kib("VmRSS") / 1024
+    start = time.perf_counter()
     action()
-    return before, _status_kib("VmHWM") / 1024
+    dist.barrier()
+    return before, _status_kib("VmHWM") / 1024, time.perf_counter() - start
 
 
 def worker(args: argparse.Namespace) -> None:
+    import torch
     import torch.distributed as dist
-    from megatron.core import dist_checkpointing
 
-    from megatron_cpt.checkpointing.dist_io import model_sharded_state_dict, save_dist_checkpoint
+    from megatron_cpt.checkpointing.dist_io import (apply_model_state, load_dist_checkpoint,
+                                                   save_dist_checkpoint)
     from megatron_cpt.config.model import ModelConfig
     from megatron_cpt.config.optim import OptimConfig
     from megatron_cpt.config.parallel import ParallelConfig
     from megatron_cpt.model.build import build_model
-    from megatron_cpt.runtime.mcore_compat import materialize_adam_state
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
     from megatron_cpt.train import checkpoint
+    from megatron_cpt.train.schedule import build_scheduler
 
     parallel = ParallelConfig(distributed_optimizer=True)
     initialize_parallel(parallel, seed=0)
@@ -62,8 +80,10 @@ def worker(args: argparse.Namespace) -> None:
                             ffn_hidden_size=args.hidden * 3, num_attention_heads=args.hidden // 64,
                             num_query_groups=max(1, args.hidden // 512), vocab_size=32000,
                             dtype="bf16", attention_backend="sdpa")
+    optim = OptimConfig()
     model = wrap_with_ddp(build_model(model_cfg, parallel), parallel)
-    optimizer = build_optimizer(model, OptimConfig(), parallel, model_cfg.dtype)
+    optimizer = build_optimizer(model, optim, parallel, model_cfg.dtype)
+    scheduler = build_scheduler(optimizer, optim, 10)
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -74,28 +94,36 @@ def worker(args: argparse.Namespace) -> None:
     figures = {"rank": dist.get_rank(), "params": params,
                "optimizer_state_mib_this_rank": state_bytes / dist.get_world_size() / MIB,
                "optimizer_state_mib_all_ranks": state_bytes / MIB}
-    for name, metadata in (("default", {"distrib_optim_sharding_type": "fully_reshardable"}),
-                           ("memory_efficient", checkpoint.OPTIMIZER_CHECKPOINT_FORMAT)):
+    progress = checkpoint.TrainingProgress(step=1)
+    for name in VARIANTS:
         directory = work / name
+        if name == "one_writer_fully_reshardable":
+            def save():
+                state = checkpoint.training_state(model, optimizer, checkpoint.FULLY_RESHARDABLE,
+                                                  include_rng=False, is_loading=False)
+                save_dist_checkpoint(state, directory / "step_000001", {"kind": "bench"})
 
-        def save():
-            state = model_sharded_state_dict(model)
-            state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=False,
-                                                              metadata=metadata)
-            save_dist_checkpoint(state, directory, {"kind": "bench"})
+            def load():
+                request = checkpoint.training_state(model, optimizer, checkpoint.FULLY_RESHARDABLE,
+                                                    include_rng=False, is_loading=True)
+                loaded = load_dist_checkpoint(request, directory / "step_000001")
+                apply_model_state(model, loaded)
+                with torch.no_grad():
+                    optimizer.load_state_dict(loaded["optimizer"])
+        else:
+            reshardable = name == "parallel_fully_reshardable"
 
-        def load():
-            materialize_adam_state(optimizer)
-            request = model_sharded_state_dict(model)
-            request["optimizer"] = optimizer.sharded_state_dict(dict(request), is_loading=True,
-                                                                metadata=metadata)
-            loaded = dist_checkpointing.load(request, str(directory))
-            optimizer.load_state_dict(loaded["optimizer"])
+            def save():
+                checkpoint.save_training_checkpoint(directory, model, optimizer, scheduler,
+                                                    progress, model_cfg, parallel,
+                                                    reshardable=reshardable)
 
-        figures[f"{name}_save"] = _peak_during(save)
-        dist.barrier()
-        figures[f"{name}_load"] = _peak_during(load)
-        dist.barrier()
+            def load():
+                checkpoint.load_training_checkpoint(directory / "step_000001", model, optimizer,
+                                                    scheduler, model_cfg, parallel)
+
+        figures[f"{name}_save"] = _measure(save)
+        figures[f"{name}_load"] = _measure(load)
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, figures)
     if dist.get_rank() == 0:
@@ -108,14 +136,14 @@ def report(ranks: list[dict], args: argparse.Namespace) -> None:
           f"parameters (bf16), distributed optimizer over DP={len(ranks)}; optimizer state "
           f"{first['optimizer_state_mib_all_ranks']:.0f} MiB in all, "
           f"{first['optimizer_state_mib_this_rank']:.0f} MiB per rank")
-    print("| format | operation | rank | RSS before (MiB) | peak (MiB) | peak - before (MiB) |")
-    print("|---|---|---|---|---|---|")
-    for name in ("default", "memory_efficient"):
+    print("| format | operation | rank | RSS before (MiB) | peak (MiB) | peak - before (MiB) | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for name in VARIANTS:
         for op in ("save", "load"):
             for rank in ranks:
-                before, peak = rank[f"{name}_{op}"]
+                before, peak, seconds = rank[f"{name}_{op}"]
                 print(f"| {name} | {op} | {rank['rank']} | {before:.0f} | {peak:.0f} | "
-                      f"{peak - before:.0f} |")
+                      f"{peak - before:.0f} | {seconds:.1f} |")
 
 
 def main() -> None:

@@ -212,6 +212,7 @@ def convert_this_rank(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from megatron_cpt.checkpointing.dist_io import model_sharded_state_dict, save_dist_checkpoint
+    from megatron_cpt.conversion.host import host_model_config
     from megatron_cpt.model.build import build_model
     from megatron_cpt.runtime.parallel import destroy_parallel, initialize_parallel
 
@@ -220,7 +221,7 @@ def convert_this_rank(args: argparse.Namespace) -> int:
     hf, cfg, parallel = prepare(args)
     initialize_parallel(parallel, seed=0)
     rank0 = dist.get_rank() == 0
-    chunks = build_model(cfg, parallel, initialize=False)
+    chunks = build_model(host_model_config(cfg), parallel, initialize=False)
     # The model's own sharded state, with factories built in place (as saving would do anyway), so
     # the tensors filled here are the very ones written.
     sharded_state = model_sharded_state_dict(chunks)

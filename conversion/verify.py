@@ -2,9 +2,10 @@
 
     megatron-cpt convert verify --hf-dir HF_DIR --ckpt-dir CKPT --tp 2 --pp 2
 
-Both run in fp32: transformers' ``AutoModelForCausalLM`` from ``HF_DIR`` and ``build_model`` loaded
-from ``CKPT`` with ``load_model_weights`` at the given TP/PP (any layout, not only the one the
-checkpoint was written with). The batch is ``--batch-size`` x ``--seq-len`` random token ids from
+Both run in fp32: transformers' ``AutoModelForCausalLM`` from ``HF_DIR`` and ``build_model`` (the
+CPU layers of ``conversion.host.host_model_config``) loaded from ``CKPT`` with
+``load_model_weights`` at the given TP/PP (any layout, not only the one the checkpoint was written
+with). The batch is ``--batch-size`` x ``--seq-len`` random token ids from
 ``--seed``. It prints one line::
 
     verify: max_abs_diff=3.1e-06 max_rel_diff=4.0e-07 threshold=1e-04 ... OK
@@ -119,9 +120,11 @@ def compare_with_hf(ckpt_dir: str, hf_dir: str, cfg: ModelConfig, parallel: Para
     from megatron.core import parallel_state
 
     from megatron_cpt.checkpointing.dist_io import load_model_weights
+    from megatron_cpt.conversion.host import host_model_config
     from megatron_cpt.model.build import build_model
 
-    chunks = build_model(dataclasses.replace(cfg, dtype="fp32"), parallel, initialize=False)
+    chunks = build_model(host_model_config(dataclasses.replace(cfg, dtype="fp32")), parallel,
+                         initialize=False)
     load_model_weights(chunks, ckpt_dir)
     for chunk in chunks:
         chunk.eval()

@@ -3,21 +3,27 @@ script into the run directory, and optionally submit it.
 
     megatron-cpt launch slurm examples/llama3_8b_cpt_8xh100_fp8.yaml --partition gpu \\
         --time 04:00:00 --submit
+    docker build -t megatron-cpt . && enroot import -o megatron-cpt.sqsh dockerd://megatron-cpt
     megatron-cpt launch slurm examples/llama3_70b_cpt_64xh100_fp8.yaml optim.lr=1e-5 \\
-        --partition gpu --account proj --time 2-00:00:00 --container-image nvcr.io#nvidia/pytorch:25.09-py3 \\
-        --container-mounts /data:/data,/checkpoints:/checkpoints
+        --partition gpu --account proj --time 2-00:00:00 --container-image "$PWD/megatron-cpt.sqsh"
 
 It checks the layout against the allocation and prints the memory estimate per GPU (refusing a
 layout that does not fit unless --force), writes RUN_DIR/job.recipe.yaml (the validated recipe the
 job trains with) and RUN_DIR/job.sbatch, and prints the script's path; with --submit, the job id.
-Nothing is written when a check fails.
+Nothing is written when a check fails. The container image must be the repository's Dockerfile
+image (NVIDIA's PyTorch image has neither megatron-core nor megatron-cpt); the script mounts into it
+every directory the job reads or writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+
+# NVIDIA's PyTorch image as such (nvcr.io#nvidia/pytorch:TAG for pyxis, or the docker name).
+BARE_NGC_IMAGE = re.compile(r"nvcr\.io[#/]nvidia/pytorch:")
 
 
 def register(verbs) -> None:
@@ -48,10 +54,15 @@ def add_job_arguments(group, required: bool, signal_lead_default: str) -> None:
                        help="time limit ([D-]HH:MM:SS)")
     group.add_argument("--account")
     group.add_argument("--container-image", metavar="IMG",
-                       help="run the step in this image (pyxis)")
-    group.add_argument("--container-mounts", metavar="M", help="pyxis mounts, SRC:DST[,SRC:DST]")
-    group.add_argument("--tasks", choices=("per-node", "per-gpu"), default="per-node",
-                       help="one task per node starting torchrun (default), or one task per GPU")
+                       help="run the step in this image (pyxis): the repository's Dockerfile image")
+    group.add_argument("--container-mounts", metavar="M",
+                       help="extra pyxis mounts, SRC:DST[,SRC:DST]; the run, checkpoint, initial "
+                            "weights, data and working directories are mounted at their own "
+                            "paths unless these cover them")
+    group.add_argument("--tasks", choices=("auto", "per-node", "per-gpu"), default="auto",
+                       help="one task per node starting torchrun, or one task per GPU; auto "
+                            "(default): torchrun where the job's torch is known to wait for a "
+                            "stop save (2.11 or newer), else one task per GPU")
     group.add_argument("--signal-lead", type=int, metavar="S",
                        help=f"seconds between Slurm's warning and the time limit (default: "
                             f"{signal_lead_default})")
@@ -67,19 +78,25 @@ def check_job_arguments(args) -> None:
 
     if args.signal_lead is not None and args.signal_lead <= 0:
         raise UserError(f"--signal-lead: expected seconds > 0, got {args.signal_lead}")
+    if args.container_image and BARE_NGC_IMAGE.search(args.container_image):
+        raise UserError(f"--container-image: {args.container_image} has neither megatron-core nor "
+                        f"megatron-cpt; build the repository's Dockerfile on it (docker build -t "
+                        f"megatron-cpt .) and pass that image")
     SlurmJob(partition=args.partition, time=args.time, nodes=1, gpus_per_node=1,
              signal_lead_s=0).validate()
 
 
 def job_from_arguments(args, nodes: int, gpus_per_node: int, signal_lead_s: int,
                        lead_reason: str):
-    from megatron_cpt.launch.slurm import SlurmJob
+    from megatron_cpt.launch.slurm import SlurmJob, job_torch_version, resolve_tasks
 
+    python = args.python or ("python" if args.container_image else sys.executable)
+    tasks, tasks_reason = resolve_tasks(args.tasks, job_torch_version(python, args.container_image))
     return SlurmJob(partition=args.partition, time=args.time, nodes=nodes,
                     gpus_per_node=gpus_per_node, account=args.account,
                     container_image=args.container_image, container_mounts=args.container_mounts,
-                    tasks=args.tasks, signal_lead_s=signal_lead_s, lead_reason=lead_reason,
-                    python=args.python or ("python" if args.container_image else sys.executable))
+                    tasks=tasks, tasks_reason=tasks_reason, signal_lead_s=signal_lead_s,
+                    lead_reason=lead_reason, python=python)
 
 
 def _check_memory(recipe, gpu_memory_gb: float, force: bool) -> None:
@@ -107,6 +124,7 @@ def run_slurm(args) -> int:
     from megatron_cpt.runtime.quiet import quiet_known_warnings
     from megatron_cpt.run_files import read_metrics
     from megatron_cpt.train.startup import check_inputs
+    from megatron_cpt.train.state import checkpoint_dir
 
     quiet_known_warnings()
     check_job_arguments(args)
@@ -132,6 +150,8 @@ def run_slurm(args) -> int:
     script = render_sbatch(recipe, str(recipe_path), job, source=args.recipe,
                            workdir=str(Path.cwd()))
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A container mounts the checkpoint directory, which must then exist before the job starts.
+    checkpoint_dir(recipe).mkdir(parents=True, exist_ok=True)
     write_atomic(recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     script_path = run_dir / "job.sbatch"
     write_atomic(script_path, script, mode=0o755)

@@ -3,7 +3,8 @@ variables of a one-task-per-GPU Slurm launch.
 
 ``job_environment`` is what the generated sbatch script exports (and, with a container image,
 passes by name with pyxis ``--container-env``, because pyxis otherwise keeps the image's value of
-a variable the image also sets).
+a variable the image also sets), and what ``megatron-cpt train`` gives its local ranks
+(``train/startup.py``): one environment for both paths.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ def job_environment(recipe: Recipe, shutdown_timeout_s: int) -> dict[str, str]:
     env.update({
         # NCCL keeps tensors alive by stream order instead of recordStream: less memory held.
         "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
-        # NVLink SHARP buffers cost GPU memory and are not used by megatron-core's collectives.
+        # NCCL uses NVLink SHARP (NVLS) by itself on NVSwitch systems for the collectives it suits
+        # (megatron-core's all-reduces and all-gathers among them); its buffers cost each GPU
+        # memory for every communicator. Off: that memory for the model, at some bandwidth.
         "NCCL_NVLS_ENABLE": "0",
         "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
         # How long torchrun lets its ranks save after SIGTERM before SIGKILL (torch >= 2.11;

@@ -14,9 +14,12 @@ from pathlib import Path
 from megatron_cpt.config.recipe import load_recipe
 from megatron_cpt.files import write_atomic
 from megatron_cpt.launch.allocation import fit_to_allocation
-from megatron_cpt.launch.slurm import SlurmJob, render_sbatch
+from megatron_cpt.launch.slurm import SlurmJob, render_sbatch, resolve_tasks
 
 REPO = Path(__file__).resolve().parents[1]
+# The torch of the Dockerfile's base image (nvcr.io/nvidia/pytorch:25.09-py3) the scripts run in:
+# older than 2.11, so one task per GPU (launch/node.py).
+IMAGE_TORCH = "2.9.0a0+50eac811a6.nv25.09"
 
 # recipe name -> (nodes, GPUs per node, time limit)
 EXAMPLES = {
@@ -31,7 +34,9 @@ def render_example(name: str, repo: Path = REPO) -> str:
     nodes, gpus, time = EXAMPLES[name]
     recipe_path = f"examples/{name}.yaml"
     recipe = fit_to_allocation(load_recipe(repo / recipe_path), nodes, gpus)
-    job = SlurmJob(partition="gpu", time=time, nodes=nodes, gpus_per_node=gpus,
+    tasks, tasks_reason = resolve_tasks("auto", IMAGE_TORCH)
+    job = SlurmJob(partition="gpu", time=time, nodes=nodes, gpus_per_node=gpus, tasks=tasks,
+                   tasks_reason=tasks_reason,
                    lead_reason="default; `megatron-cpt launch slurm` sizes it from the run's "
                                "measured checkpoint saves")
     return render_sbatch(recipe, recipe_path, job, source=recipe_path)

@@ -1,7 +1,10 @@
 """Run a megatron-cpt worker module on N local processes through torchrun (``--standalone``).
 
 Used by ``megatron-cpt train``, ``convert`` and ``almr`` when they are not already inside a
-distributed job (no ``WORLD_SIZE`` in the environment).
+distributed job (no ``WORLD_SIZE`` in the environment). A SIGTERM to this process is passed once to
+the ranks themselves, not to torchrun, which would SIGKILL them after its shutdown timeout (30 s
+before torch 2.11) in the middle of the stop save; further ones are not passed on, so they cannot
+cut a checkpoint write short.
 
 - **Stopping.** A SIGTERM to this process is passed once to the ranks themselves (torchrun's
   workers), which save after the current step and exit; torchrun then ends normally. Further ones
@@ -107,7 +110,8 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
 
 
 def _signal_ranks(torchrun: subprocess.Popen, signum: int) -> None:
-    """Signal torchrun's workers (the ranks); torchrun itself only if it has none yet."""
+    """Send ``signum`` to torchrun's ranks (its child processes): they save, exit, and torchrun
+    ends with them. Before any rank has started, to torchrun."""
     import psutil
 
     try:

@@ -5,19 +5,23 @@
 
 One task per node starts torchrun (c10d rendezvous on the allocation's first host), or, with
 ``tasks="per-gpu"``, one task per GPU that maps ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``
-to ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (``megatron_cpt.launch.environment``). The script asks
-for a warning (``--signal=B:USR1@lead``) before the time limit, turns it into SIGTERM for the
-training step, and requeues the job when the run stopped early with a checkpoint, or was killed
-or crashed after saving a newer one (``megatron_cpt.launch.requeue``). Why one task per node by default: docs/LAUNCH.md.
+to ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (``megatron_cpt.launch.environment``); ``resolve_tasks``
+picks torchrun only where the job's torch lets it wait for a stop save (``launch/node.py``). The
+script asks for a warning (``--signal=B:USR1@lead``) before the time limit, turns it into SIGTERM
+for the training step, and requeues the job when the run stopped early with a checkpoint, or was
+killed or crashed after saving a newer one (``megatron_cpt.launch.requeue``). In a container image it mounts every directory the job reads
+or writes (``container_mounts``). Why: docs/LAUNCH.md.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import re
 import shlex
 import string
 import subprocess
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,6 +30,7 @@ from typing import Literal, Optional
 from megatron_cpt.config.recipe import Recipe
 from megatron_cpt.errors import UserError
 from megatron_cpt.launch.environment import job_environment
+from megatron_cpt.launch.node import torchrun_waits_for_saves
 from megatron_cpt.run_files import blocking_save_times
 
 # Rendezvous ports: PORT_BASE + (job id + restart) % PORT_SPAN, away from Slurm's 6817/6818 and
@@ -49,6 +54,7 @@ class SlurmJob:
     container_image: Optional[str] = None
     container_mounts: Optional[str] = None
     tasks: Literal["per-node", "per-gpu"] = "per-node"
+    tasks_reason: str = ""  # why this form (resolve_tasks), for a comment in the script
     signal_lead_s: int = DEFAULT_LEAD_S
     lead_reason: str = "default"
     python: str = "python"
@@ -74,6 +80,67 @@ class SlurmJob:
                 f"--signal-lead")
         if self.tasks not in ("per-node", "per-gpu"):
             raise UserError(f"--tasks: expected per-node or per-gpu, got '{self.tasks}'")
+
+
+def job_torch_version(python: str, container_image: Optional[str]) -> Optional[str]:
+    """The torch the job's ranks will import, where it can be read before submitting: that of
+    ``python`` (this interpreter, or ``--python`` on a shared filesystem). None in a container
+    image, or when ``python`` does not run here."""
+    if container_image:
+        return None
+    if python == sys.executable:
+        return importlib.metadata.version("torch")
+    query = "import importlib.metadata as m; print(m.version('torch'))"
+    try:
+        proc = subprocess.run([python, "-c", query], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def resolve_tasks(requested: str, torch_version: Optional[str]) -> tuple[str, str]:
+    """(``per-node`` or ``per-gpu``, why) for ``--tasks auto|per-node|per-gpu``.
+
+    A stop save (preemption, time limit) can take minutes. torchrun waits for it only from torch
+    2.11 (``launch/node.py``); one task per GPU has no torchrun, so nothing but the time limit cuts
+    it short. ``auto`` takes torchrun only when the job's torch is known to be 2.11 or newer.
+    """
+    new_enough = torch_version is not None and torchrun_waits_for_saves(torch_version)
+    if requested == "per-gpu":
+        return "per-gpu", "--tasks per-gpu"
+    if requested == "per-node":
+        if torch_version is not None and not new_enough:
+            raise UserError(f"--tasks per-node: the job's torch {torch_version} has a torchrun that "
+                            f"SIGKILLs the ranks 30 s after SIGTERM, in the middle of a stop save "
+                            f"(torch >= 2.11 waits); use --tasks per-gpu or auto")
+        return "per-node", ("--tasks per-node" if new_enough else
+                            "--tasks per-node; each node checks its torch before it starts")
+    if new_enough:
+        return "per-node", f"torch {torch_version}: torchrun waits for the stop save"
+    known = f"torch {torch_version}" if torch_version else "a torch that cannot be read here"
+    return "per-gpu", f"{known}: torchrun before 2.11 would SIGKILL the ranks 30 s into a stop save"
+
+
+def container_mounts(recipe: Recipe, workdir: Optional[str], requested: Optional[str]) -> str:
+    """pyxis ``--container-mounts``: ``requested`` (SRC:DST[:FLAGS],...) plus each directory the job
+    reads or writes that no requested destination covers, at its own path: the working directory
+    (relative paths), the run directory (logs, metrics, ``job.recipe.yaml``), the checkpoint
+    directory, the initial weights and the data. The recipe's paths are those the login node
+    checked, so they exist at the same paths on a shared filesystem."""
+    from megatron_cpt.train.state import checkpoint_dir
+
+    base = Path(workdir or ".")
+    needed = [base, Path(recipe.logging.run_dir), checkpoint_dir(recipe)]
+    if recipe.checkpoint.pretrained:
+        needed.append(Path(recipe.checkpoint.pretrained))
+    needed += [Path(source.prefix).parent for source in recipe.data.sources()]
+    entries = [entry for entry in (requested or "").split(",") if entry]
+    covered = [Path(entry.split(":")[1] if ":" in entry else entry) for entry in entries]
+    for directory in sorted({(base / path).resolve() for path in needed}):
+        if not any(directory == c or c in directory.parents for c in covered):
+            entries.append(f"{directory}:{directory}")
+            covered.append(directory)
+    return ",".join(entries)
 
 
 def signal_lead_seconds(metrics: list[dict]) -> tuple[int, str]:
@@ -111,8 +178,9 @@ class ArrayTasks:
 def torchrun_command(python: str, nodes: int, procs_per_node: int, endpoint: str, rdzv_id: str,
                      join_timeout_s: int, recipe_path: str,
                      module: str = "megatron_cpt.train.worker") -> list[str]:
-    """The command each node runs: one torchrun that joins a c10d rendezvous at ``endpoint``."""
-    return [python, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+    """The command each node runs: one torchrun that joins a c10d rendezvous at ``endpoint``,
+    started through ``launch/node.py``, which first checks that it waits for a stop save."""
+    return [python, "-m", "megatron_cpt.launch.node", f"--nnodes={nodes}",
             f"--nproc-per-node={procs_per_node}", "--rdzv-backend=c10d",
             f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}",
             f"--rdzv-conf=join_timeout={join_timeout_s}", "--max-restarts=0",
@@ -156,23 +224,26 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
     cpus = f"$(( SLURM_CPUS_ON_NODE / {tasks_per_node} ))" if per_gpu else "$SLURM_CPUS_ON_NODE"
     container = []
     if job.container_image:
-        # pyxis keeps an image's own value of a variable unless it is named here.
+        # pyxis keeps an image's own value of a variable unless it is named here, and the image
+        # sees only the host directories mounted into it.
         container = [f"--container-image={job.container_image}",
-                     f"--container-env={','.join(names)}"]
-        if job.container_mounts:
-            container.append(f"--container-mounts={job.container_mounts}")
+                     f"--container-env={','.join(names)}",
+                     f"--container-mounts={container_mounts(recipe, workdir, job.container_mounts)}"]
+        if workdir:
+            container.append(f"--container-workdir={workdir}")
     srun = ["--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}",
             f"--cpus-per-task={cpus}", *container]
+    why = f": {job.tasks_reason}" if job.tasks_reason else ""
     if per_gpu:
         step = ["$PYTHON", "-m", module, "$RECIPE"]
-        rendezvous = ("# One task per GPU: each maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID to "
-                      "RANK/WORLD_SIZE/LOCAL_RANK.\nexport MASTER_ADDR=\"$HEAD_ADDR\" "
-                      "MASTER_PORT=\"$RDZV_PORT\"\n")
+        rendezvous = (f"# One task per GPU{why}.\n# Each maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID "
+                      f"to RANK/WORLD_SIZE/LOCAL_RANK.\n"
+                      f"export MASTER_ADDR=\"$HEAD_ADDR\" MASTER_PORT=\"$RDZV_PORT\"\n")
     else:
         step = torchrun_command("$PYTHON", job.nodes, job.gpus_per_node,
                                 "$HEAD_ADDR:$RDZV_PORT", "$RDZV_ID",
                                 recipe.launch.dist_timeout_minutes * 60, "$RECIPE", module)
-        rendezvous = 'RDZV_ID="$SLURM_JOB_ID-$RESTART"\n'
+        rendezvous = f'# torchrun on each node{why}.\nRDZV_ID="$SLURM_JOB_ID-$RESTART"\n'
     gpus = recipe.launch.accelerator == "gpu"
     template = resources.files("megatron_cpt.launch").joinpath("templates/sbatch.sh").read_text()
     return string.Template(template).substitute(

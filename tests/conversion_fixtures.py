@@ -50,9 +50,10 @@ def write_tiny_tokenizer(directory: Path, vocab: int) -> None:
          "eos_token": "w2"}))
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: int = 600,
+            extra_env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
     """``python -m megatron_cpt ARGS`` in a subprocess, as a user runs it."""
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     env.pop("WORLD_SIZE", None)
     env.pop("RANK", None)
     env.setdefault("PYTHONWARNINGS", "ignore")

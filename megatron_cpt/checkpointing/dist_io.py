@@ -135,15 +135,23 @@ def _describe(exc: BaseException) -> str:
 
 
 def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[str, Any],
-                         background=None, after_commit: Optional[Callable[[], None]] = None) -> Path:
+                         background=None, after_commit: Optional[Callable[[], None]] = None,
+                         parallel_group=None) -> Path:
     """Collective: every rank calls it. Returns the final directory, complete once all ranks are
     done (then ``after_commit`` runs on every rank).
 
     With ``background`` (megatron-core's ``AsyncCallsQueue``) the shards are written by a
     background process and this returns at once; the queue commits the checkpoint (metadata,
     rename, ``after_commit``) when it finalises the write on every rank.
+
+    With ``parallel_group`` (the data-parallel group, whose ranks hold copies of the same tensors),
+    megatron-core's fully parallel save spreads the writing of each replicated tensor over the
+    group's ranks instead of leaving all of it to the first replica.
     """
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        FullyParallelSaveStrategyWrapper)
 
     from megatron_cpt.checkpointing.writer_processes import keep_writers_through_stop_signals
 
@@ -172,13 +180,18 @@ def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[
         if after_commit is not None:
             after_commit()
 
+    strategy = None
+    if parallel_group is not None:
+        strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(),
+                                                    parallel_group)
     if background is None:
         with writing_checkpoint(tmp):
-            dist_checkpointing.save(sharded_state, str(tmp))
+            dist_checkpointing.save(sharded_state, str(tmp), strategy)
             commit()
     else:
         with writing_checkpoint(tmp):
-            request = dist_checkpointing.save(sharded_state, str(tmp), async_sharded_save=True)
+            request = dist_checkpointing.save(sharded_state, str(tmp), strategy,
+                                              async_sharded_save=True)
         request.add_finalize_fn(commit)
         background.schedule_async_request(request)
     return final
@@ -194,8 +207,12 @@ def pause_for_test(point: str, directory: Path) -> None:
             time.sleep(1)
 
 
-def load_dist_checkpoint(sharded_state: dict, directory: str | Path) -> dict:
+def load_dist_checkpoint(sharded_state: dict, directory: str | Path, parallel_group=None) -> dict:
     """Collective: load the tensors that ``sharded_state`` asks for, in this rank's layout.
+
+    With ``parallel_group`` (the data-parallel group), megatron-core's fully parallel load reads
+    each tensor that the group's ranks all ask for once, on one of them, and passes it to the
+    others, instead of every rank reading all of it.
 
     A requested ``_extra_state`` object that the checkpoint lacks is left out: a checkpoint written
     without Transformer Engine (initial weights converted on a CPU node) loads into TE layers, which
@@ -204,13 +221,20 @@ def load_dist_checkpoint(sharded_state: dict, directory: str | Path) -> dict:
     key the checkpoint lacks is a CheckpointError.
     """
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        FullyParallelLoadStrategyWrapper)
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
     read_meta(directory)
+    strategy = None
+    if parallel_group is not None:
+        strategy = FullyParallelLoadStrategyWrapper(
+            get_default_load_sharded_strategy(str(directory)), parallel_group)
     # megatron-core calls requested-but-absent keys "unexpected"; this mode drops them from the
     # request and returns them instead of failing inside the load.
     with reading_checkpoint(directory):
-        loaded, _, absent = dist_checkpointing.load(sharded_state, str(directory),
+        loaded, _, absent = dist_checkpointing.load(sharded_state, str(directory), strategy,
                                                     strict=StrictHandling.RETURN_UNEXPECTED)
     needed = sorted(key for key in absent if not key.endswith(EXTRA_STATE_SUFFIX))
     if needed:
@@ -236,7 +260,8 @@ def apply_model_state(chunks, loaded: dict) -> None:
             raise CheckpointError(f"checkpoint state does not fit the model: {wrong[0]}")
 
 
-def load_model_weights(chunks, directory: str | Path) -> None:
+def load_model_weights(chunks, directory: str | Path, parallel_group=None) -> None:
     """Load model tensors only (initial weights); optimizer state, if present, is ignored."""
-    apply_model_state(chunks, load_dist_checkpoint(model_sharded_state_dict(chunks), directory))
+    apply_model_state(chunks, load_dist_checkpoint(model_sharded_state_dict(chunks), directory,
+                                                   parallel_group))
 

@@ -24,6 +24,12 @@ class CheckpointConfig:
     # (megatron-core's asynchronous torch_dist writer); the checkpoint is renamed into place and
     # named in `latest` once every rank has finished. Saves made when the run stops stay blocking.
     async_save: bool = False
+    # The distributed optimizer's state in megatron-core's fully_reshardable layout: it loads at
+    # any TP/PP/VPP/DP, but every save gathers the data-parallel group's state on one rank's host
+    # memory. Off (default): dp_reshardable, each rank writes its own shard in parallel, and the
+    # checkpoint loads at the same TP/PP/VPP with any DP. Turn it on for the save a layout change
+    # resumes from (docs/TRAINING.md, "Checkpoints").
+    reshardable: bool = False
 
     def validate(self) -> None:
         if self.save_interval < 0:

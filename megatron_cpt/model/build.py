@@ -14,7 +14,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_cpt.config.model import ModelConfig, padded_vocab_size
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.errors import ConfigError
-from megatron_cpt.model.specs import (build_decoder_spec, check_fp8_recipe_on_device,
+from megatron_cpt.model.specs import (build_decoder_spec, check_fp8_recipe_for_te,
+                                      check_fp8_recipe_on_device,
                                       gradient_accumulation_fusion_available,
                                       resolve_attention_backend)
 from megatron_cpt.model.vocab_padding import mask_padded_logits
@@ -28,6 +29,7 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backe
     if model.fp8 is not None:
         if backend != "te":
             raise ConfigError("model.fp8: FP8 needs Transformer Engine, which is not installed here")
+        check_fp8_recipe_for_te(model.fp8.recipe)
         if not on_cpu:
             check_fp8_recipe_on_device(model.fp8.recipe, torch.cuda.get_device_capability(),
                                        torch.cuda.get_device_name())
@@ -70,13 +72,24 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backe
         bias_dropout_fusion=fused and backend == "te",
         apply_rope_fusion=fused and backend == "te",
         gradient_accumulation_fusion=gradient_accumulation_fusion_available(),
-        cross_entropy_loss_fusion=False,
-        deallocate_pipeline_outputs=True,
-        # Batched p2p posts send_prev before send_next on every rank. NCCL pairs a group's ops as a
-        # whole, but gloo matches messages between two ranks in posting order, and with PP=2 and
-        # virtual stages each rank is both the previous and the next of the other: activations
-        # and gradients would swap. Unbatched p2p orders the ops by rank parity instead.
-        batch_p2p_comm=not on_cpu,
+        # The loss from Transformer Engine's fused kernel over the TP-split logits, without
+        # megatron-core's fp32 copy of them (4.2 GB per micro-batch of 8192 tokens for Llama-3's
+        # vocabulary), as Megatron-Bridge's recipes run it; its native variant needs torch.compile.
+        cross_entropy_loss_fusion=fused and backend == "te",
+        cross_entropy_fusion_impl="te",
+        # megatron-core frees a stage's output right after posting its send. NCCL keeps the
+        # memory until the send has run (p2p ops record their CUDA stream); gloo sends from a
+        # background thread, which under the overlapped p2p of interleaving would read freed memory.
+        deallocate_pipeline_outputs=not on_cpu,
+        # Pipeline p2p as Megatron-LM sets it. Interleaving (vpp) overlaps its sends and receives
+        # with compute, one op at a time: megatron-core's unbatched p2p posts them in an order set
+        # by rank parity and, in a pipeline group of two, sends one direction over the world group.
+        # Batched, at PP=2 each rank's two sends of an interleaved step go to the same peer with
+        # activations and gradients of the same shape, which megatron-core only keeps apart
+        # unbatched (Megatron-LM refuses interleaving at PP=2 without the overlap). On the CPU
+        # every layout is unbatched: gloo matches messages between two ranks in posting order.
+        overlap_p2p_comm=parallel.vpp is not None,
+        batch_p2p_comm=parallel.vpp is None and not on_cpu,
     )
     if model.recompute != "none":
         kwargs.update(recompute_granularity=model.recompute)
@@ -136,6 +149,10 @@ def describe_layout(chunks) -> dict:
         "cp": parallel_state.get_context_parallel_world_size(),
         "dp": parallel_state.get_data_parallel_world_size(),
         "sequence_parallel": config.sequence_parallel,
+        # Pipeline sends and receives: batched (1F1B on GPUs) or one by one, overlapped with
+        # compute under interleaving.
+        "pipeline_p2p": ("overlapped" if config.overlap_p2p_comm else
+                         "batched" if config.batch_p2p_comm else "unbatched"),
         # True when every norm weight is all-reduced over TP by finalize_model_grads (needed by SP).
         "norm_grads_reduced_over_tp": bool(norm_weights) and all(
             getattr(p, "sequence_parallel", False) for p in norm_weights),

@@ -12,6 +12,7 @@ support sequence parallelism; megatron-core's own non-TE norm refuses it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 
 import torch
@@ -63,6 +64,25 @@ def check_fp8_recipe_on_device(recipe: str, capability: tuple[int, int], device_
         raise ConfigError(
             f"model.fp8.recipe=mxfp8: MXFP8 needs Blackwell (compute capability 10.0 or newer); "
             f"this GPU is {device_name} ({sm}): use recipe delayed, tensorwise or blockwise")
+
+
+# The oldest Transformer Engine each FP8 recipe runs with (megatron-core 0.16's fp8_utils, which
+# otherwise fails at the first forward pass).
+FP8_RECIPE_MIN_TE = {"delayed": "1.0", "mxfp8": "2.1.0", "tensorwise": "2.2.0.dev0",
+                     "blockwise": "2.3.0.dev0"}
+
+
+def check_fp8_recipe_for_te(recipe: str) -> None:
+    """Refuse an FP8 recipe that the installed Transformer Engine does not have."""
+    import transformer_engine
+    from packaging.version import Version
+
+    installed = (getattr(transformer_engine, "__version__", None)
+                 or importlib.metadata.version("transformer-engine"))
+    needed = FP8_RECIPE_MIN_TE[recipe]
+    if Version(str(installed)) < Version(needed):
+        raise ConfigError(f"model.fp8.recipe={recipe}: needs Transformer Engine >= {needed}, "
+                          f"installed here is {installed}; use recipe delayed or a newer TE")
 
 
 def gradient_accumulation_fusion_available() -> bool:

@@ -125,7 +125,10 @@ def _device_line(records: list[dict]) -> str:
     peak = last.get("peak_tflops")
     if peak is None:
         return f"Device: {device}; no peak FLOP/s is known for it, so no MFU."
-    return f"Device: {device}; MFU against a dense peak of {peak:g} TFLOP/s."
+    precision = last.get("peak_precision")
+    if precision is None:  # runs recorded before the precision was
+        return f"Device: {device}; MFU against a dense peak of {peak:g} TFLOP/s."
+    return f"Device: {device}; MFU against its {precision.upper()} dense peak of {peak:g} TFLOP/s."
 
 
 def _plot(steady: list[dict], out_dir: Path) -> None:

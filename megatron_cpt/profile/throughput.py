@@ -54,5 +54,7 @@ class ThroughputMeter:
             "hardware_tflops_per_gpu": self.hardware_flops_per_step / step_time_s / self.world_size / 1e12,
             "mfu": tflops / self.peak.tflops if self.peak.tflops else None,
             "peak_tflops": self.peak.tflops,
+            # Which peak: an FP8 run's MFU divides by the FP8 peak, twice the BF16 one.
+            "peak_precision": self.peak.precision,
             "device": self.peak.device,
         }

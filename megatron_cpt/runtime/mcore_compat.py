@@ -8,9 +8,11 @@ apex is installed (the optimizer is then ``torch.optim.Adam``), on CPU and GPU a
 2. Loading, ``DistributedOptimizer`` restores ``step`` through the param groups as ONE tensor
    shared by every parameter's state; torch's Adam then increments it in place once per
    parameter, so the bias correction of the first step after a resume is wrong. It then copies
-   every per-parameter key of the ``fully_reshardable`` format, where ``step`` is (deliberately)
-   absent: a KeyError. ``patch_adam_state_loading`` keeps the restored step on that copy and gives
-   each parameter its own step tensor after the load.
+   every per-parameter key of the checkpoint's format over the state: ``fully_reshardable`` has
+   no ``step`` (a KeyError), and ``dp_reshardable`` carries the step the optimizer had before the
+   load (the 0 of point 1), which would overwrite the restored one. ``patch_adam_state_loading``
+   copies the restored step instead in both, and gives each parameter its own step tensor after
+   the load.
 Both act only on ``torch.optim.Adam`` instances, so with TE's or apex's fused Adam nothing changes.
 """
 
@@ -55,12 +57,11 @@ def patch_adam_state_loading(optimizer) -> None:
         original = opt._set_main_param_and_optimizer_states
 
         def set_states(self, model_param, tensors, _original=original):
-            if "step" not in tensors:
-                group_index, group_order = self.model_param_group_index_map[model_param]
-                main_param = self.optimizer.param_groups[group_index]["params"][group_order]
-                step = self.optimizer.state[main_param].get("step")
-                if step is not None:
-                    tensors = {**tensors, "step": step.clone()}
+            group_index, group_order = self.model_param_group_index_map[model_param]
+            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+            step = self.optimizer.state[main_param].get("step")  # restored from the param groups
+            if step is not None:
+                tensors = {**tensors, "step": step.clone()}
             return _original(model_param, tensors)
 
         opt._set_main_param_and_optimizer_states = types.MethodType(set_states, opt)

@@ -5,8 +5,10 @@
 2. ``build_model`` (``megatron_cpt.model``) builds this rank's chunks.
 3. ``wrap_with_ddp``: megatron-core DDP over the chunks (gradient buffers, bucketed reduction),
    and the model config's hooks the pipeline schedules call (``no_sync_func``,
+   ``grad_sync_func`` and ``param_sync_func`` when the reductions and all-gathers overlap,
    ``finalize_model_grads_func``).
-4. ``build_optimizer``: megatron-core's optimizer (distributed when configured) over the DDP chunks.
+4. ``build_optimizer``: megatron-core's optimizer (distributed when configured) over the DDP chunks,
+   and the config's ``grad_scale_func`` (its loss scale).
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.runtime import cpu_emulation
 from megatron_cpt.runtime.mcore_compat import patch_adam_state_loading
 from megatron_cpt.runtime.quiet import quiet_known_warnings
+
+
+# Gradient-reduction buckets on GPUs: megatron-core's default up to DP 40, but fixed, so that the
+# distributed optimizer's buckets, which a dp_reshardable checkpoint is laid out in, do not change
+# with DP (megatron-core grows them above DP 40): such a checkpoint then loads at any DP.
+GPU_BUCKET_ELEMENTS = 40_000_000
 
 
 def on_cuda() -> bool:
@@ -64,13 +72,20 @@ def wrap_with_ddp(chunks, parallel: ParallelConfig):
     from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
                                            finalize_model_grads)
 
+    # With interleaving, the schedule starts each chunk's parameter all-gather itself while the
+    # chunk before it computes, at the same moment on every pipeline rank (param_sync_func
+    # below), and the forward pre-hook only waits for it; without it, each chunk's first forward
+    # starts its own all-gather and waits for all of it. Megatron-LM's default.
+    align_param_gather = (parallel.overlap_param_gather and parallel.distributed_optimizer
+                          and parallel.vpp is not None)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=parallel.overlap_grad_reduce,
         overlap_param_gather=parallel.overlap_param_gather,
+        align_param_gather=align_param_gather,
         use_distributed_optimizer=parallel.distributed_optimizer,
         check_for_nan_in_grad=False,
-        bucket_size=None if on_cuda() else 2**62,
+        bucket_size=GPU_BUCKET_ELEMENTS if on_cuda() else 2**62,
     )
     wrapped = []
     for index, chunk in enumerate(chunks):
@@ -78,12 +93,24 @@ def wrap_with_ddp(chunks, parallel: ParallelConfig):
             config=chunk.config, ddp_config=ddp_config, module=chunk,
             # Only the first chunk may start its reduction early (megatron-core's convention).
             disable_bucketing=index > 0))
-    # The schedules read both from the config all chunks share: no_sync holds each chunk's gradient
+    # The schedules read these from the config all chunks share: no_sync holds each chunk's gradient
     # reduction back until its last micro-batch, finalize_model_grads completes it after the step.
     config = chunks[0].config
-    config.no_sync_func = [m.no_sync for m in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
+    config.no_sync_func = _per_chunk([m.no_sync for m in wrapped])
+    if parallel.overlap_grad_reduce:
+        # The schedule starts each chunk's gradient reduction after the backward of its last
+        # micro-batch, at the same moment on every pipeline rank (Megatron-LM's default), rather
+        # than leaving it to the backward hooks as each rank's buckets fill.
+        config.grad_sync_func = _per_chunk([m.start_grad_sync for m in wrapped])
+    if align_param_gather:
+        config.param_sync_func = _per_chunk([m.start_param_sync for m in wrapped])
     config.finalize_model_grads_func = finalize_model_grads
     return wrapped
+
+
+def _per_chunk(functions: list):
+    """megatron-core takes one function for one chunk, a list (one per chunk) with interleaving."""
+    return functions if len(functions) > 1 else functions[0]
 
 
 def build_optimizer(ddp_chunks, optim: OptimConfig, parallel: ParallelConfig, dtype: str):
@@ -106,6 +133,11 @@ def build_optimizer(ddp_chunks, optim: OptimConfig, parallel: ParallelConfig, dt
     )
     optimizer = get_megatron_optimizer(config, ddp_chunks)
     patch_adam_state_loading(optimizer)
+    # The schedules multiply each micro-batch's loss by the optimizer's loss scale before its
+    # backward pass, which the optimizer divides out of the gradients again. fp16's dynamic scale
+    # (2**32 at first, halved on overflow) keeps small gradients representable; bf16 and fp32
+    # scale by 1. Without this, fp16 gradients were divided by a scale never applied.
+    ddp_chunks[0].config.grad_scale_func = optimizer.scale_loss
     return optimizer
 
 

@@ -9,7 +9,6 @@ import warnings
 _KNOWN = (
     ".*Transformer Engine and Apex are not installed.*",
     ".*Apex is not installed.*",
-    ".*CUDA_DEVICE_MAX_CONNECTIONS.*",
     ".*full scope is deprecated.*",
     ".*is deprecated. Please use `torch.distributed.*",
     ".*\\.grad attribute of a Tensor that is not a leaf.*",

@@ -162,7 +162,7 @@ def maybe_checkpoint(state: TrainState, record: StepRecord, reason: StopReason) 
     state.last_saved = save_training_checkpoint(
         state.ckpt_dir, state.model, state.optimizer, state.scheduler, state.progress, cfg.model,
         cfg.parallel, cfg.checkpoint.keep_last, background=background,
-        extra_meta=state.data.checkpoint_meta)
+        reshardable=cfg.checkpoint.reshardable, extra_meta=state.data.checkpoint_meta)
     record.checkpoint_save_s = time.perf_counter() - start
     state.saved_step = step
     if background is None:  # the time a stop's (blocking) save takes

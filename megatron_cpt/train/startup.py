@@ -10,6 +10,7 @@ starts ``launch.procs_per_node`` local ranks of the worker module (``launch/loca
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 from megatron_cpt.config.recipe import Recipe
@@ -19,7 +20,7 @@ from megatron_cpt.errors import UserError
 def check_inputs(recipe: Recipe) -> None:
     """The data files (present, non-empty, ids within the model's vocabulary), the benchmark
     tasks and their tokenizer, and the initial weights, or the checkpoint the run would resume
-    from (present, whole, of this model)."""
+    from (present, whole, of this model, and loadable in this layout)."""
     from megatron_cpt.data.chat_dataset import with_planned_steps
     from megatron_cpt.data.datasets import resolve_training_data
     from megatron_cpt.train.checkpoint import check_checkpoints_before_start
@@ -32,7 +33,8 @@ def check_inputs(recipe: Recipe) -> None:
         from megatron_cpt.eval.in_training import TrainingBenchmarks
 
         TrainingBenchmarks.from_recipe(recipe)  # reads the tasks and the tokenizer
-    check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model)
+    check_checkpoints_before_start(recipe.checkpoint, checkpoint_dir(recipe), recipe.model,
+                                   recipe.parallel)
 
 
 def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: Callable[[], int],
@@ -40,14 +42,21 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
     """Check, then run ``this_rank()`` inside a distributed job, else ``python -m worker
     worker_args`` on the local ranks. ``several_nodes``: what to do instead when
     ``launch.nodes`` > 1; ``run_dir``: a training run's (its exit status comes from there)."""
-    from megatron_cpt.launch.local import inside_distributed_job, run_local
-    from megatron_cpt.model.specs import resolve_attention_backend
+    from megatron_cpt.launch.environment import job_environment
+    from megatron_cpt.launch.local import SHUTDOWN_TIMEOUT_S, inside_distributed_job, run_local
+    from megatron_cpt.model.specs import check_fp8_recipe_for_te, resolve_attention_backend
 
     check_inputs(recipe)
-    resolve_attention_backend(recipe.model.attention_backend)  # a broken TE install, said once
+    # A broken TE install, or an FP8 recipe the installed TE lacks, said once.
+    if resolve_attention_backend(recipe.model.attention_backend) == "te" and recipe.model.fp8:
+        check_fp8_recipe_for_te(recipe.model.fp8.recipe)
     if inside_distributed_job():
         return this_rank()
     if recipe.launch.nodes != 1:
         raise UserError(f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; "
                         f"{several_nodes}")
-    return run_local(worker, worker_args, recipe.launch.procs_per_node, run_dir=run_dir)
+    # The ranks get the environment of a Slurm job's ranks (launch/environment.py); a variable
+    # already set in this shell keeps its value.
+    env = {name: value for name, value in job_environment(recipe, SHUTDOWN_TIMEOUT_S).items()
+           if name not in os.environ}
+    return run_local(worker, worker_args, recipe.launch.procs_per_node, run_dir=run_dir, env=env)

@@ -90,7 +90,8 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
     from megatron_cpt.checkpointing.run_checkpoints import (find_resume_checkpoint,
                                                             remove_partial_writes)
-    from megatron_cpt.train.checkpoint import check_model_matches, load_training_checkpoint
+    from megatron_cpt.train.checkpoint import (check_model_matches, data_parallel_group,
+                                               load_training_checkpoint)
     from megatron_cpt.train.evaluation import validation_samples
     from megatron_cpt.train.schedule import build_scheduler
 
@@ -122,7 +123,7 @@ def build_state(cfg: Recipe) -> TrainState:
     elif cfg.checkpoint.pretrained:
         check_model_matches(read_meta(cfg.checkpoint.pretrained), cfg.model,
                             f"checkpoint.pretrained '{cfg.checkpoint.pretrained}'")
-        load_model_weights(model, cfg.checkpoint.pretrained)
+        load_model_weights(model, cfg.checkpoint.pretrained, parallel_group=data_parallel_group())
         # The optimizer's fp32 main weights were copied from the random init: refresh them.
         optimizer.reload_model_params()
         log(f"initial weights from {cfg.checkpoint.pretrained}")

@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _synthetic_batches(vocab: int, micro_batch: int, seq: int, count: int):
+def synthetic_batches(vocab: int, micro_batch: int, seq: int, count: int):
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -74,7 +74,7 @@ def main(out_dir: str, overrides: list[str]) -> None:
         optimizer = build_optimizer(model, recipe.optim, parallel, recipe.model.dtype)
         scheduler = build_scheduler(optimizer, recipe.optim, train.steps)
         microbatches = train.num_microbatches(dp_size)
-        batches = _synthetic_batches(recipe.model.vocab_size, train.micro_batch_size,
+        batches = synthetic_batches(recipe.model.vocab_size, train.micro_batch_size,
                                      train.seq_length, microbatches)
         train_step(model, optimizer, scheduler, batches, microbatches, train.seq_length,
                    train.micro_batch_size, skip_nonfinite=False)

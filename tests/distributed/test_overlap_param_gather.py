@@ -117,3 +117,34 @@ def test_background_writes_were_committed(runs):
     ckpt = overlap / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == SAVED[-1]
     assert sorted(p.name for p in ckpt.iterdir()) == ["latest", *SAVED]  # no .tmp left
+
+
+def test_interleaved_chunks_sync_in_the_order_megatron_core_documents(tmp_path):
+    """PP2 x VPP3 with overlapped gradient reduction and parameter all-gather: megatron-core's
+    interleaved schedule calls ``param_sync_func`` for chunks 0 and 1 before the first forward
+    pass and for each later chunk while an earlier one computes, and ``grad_sync_func`` once per
+    chunk in backward order (last chunk first); the losses equal those without overlap, bitwise."""
+    chunks = 3
+    script = Path(__file__).with_name("record_sync_hooks.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(script), str(tmp_path), "parallel.tp=1", "parallel.pp=2", f"parallel.vpp={chunks}",
+         f"model.num_layers={2 * chunks}", "launch.procs_per_node=2", "train.seq_length=32",
+         "train.global_batch_size=8", "train.micro_batch_size=2"],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank_{rank}.json").read_text())
+        assert result["losses"]["overlap"] == result["losses"]["plain"]
+        for events in result["steps"]:
+            calls = {kind: [chunk for k, chunk in events if k == kind] for kind in ("param", "grad")}
+            assert calls == {"param": list(range(chunks)), "grad": list(reversed(range(chunks)))}
+            position = {}  # the first time each (kind, chunk) happened in the step
+            for index, event in enumerate(events):
+                position.setdefault(tuple(event), index)
+            first_forward = position[("forward", 0)]
+            for chunk in range(chunks):
+                assert position[("param", chunk)] < position[("forward", chunk)]
+            # Chunks 0 and 1 before any compute; the others during the forwards of earlier chunks.
+            assert max(position[("param", 0)], position[("param", 1)]) < first_forward
+            assert all(position[("param", chunk)] > first_forward for chunk in range(2, chunks))

@@ -24,8 +24,10 @@ LAYOUTS = {
                 dict(tp=1, pp=2, vpp=None, dp=1, sequence_parallel=False)),
     "tp2-sp-pp2": (["launch.procs_per_node=4", "parallel.tp=2", "parallel.pp=2"],
                    dict(tp=2, pp=2, vpp=None, dp=1, sequence_parallel=True)),
+    # Interleaved at PP=2: p2p one op at a time, overlapped with compute (as on GPUs).
     "tp1-pp2-vpp2": (["launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=2", "parallel.vpp=2"],
-                     dict(tp=1, pp=2, vpp=2, dp=1, sequence_parallel=False)),
+                     dict(tp=1, pp=2, vpp=2, dp=1, sequence_parallel=False,
+                          pipeline_p2p="overlapped")),
     "dp2": (["launch.procs_per_node=2", "parallel.tp=1"],
             dict(tp=1, pp=1, vpp=None, dp=2, sequence_parallel=False)),
 }

@@ -1,6 +1,7 @@
-"""Stopping after step 5 and resuming gives the losses of an uninterrupted run (also in another
-layout), and runs killed while they write a checkpoint, rename it, or update ``latest`` resume from
-the previous one."""
+"""Stopping after step 5 and resuming gives the losses of an uninterrupted run: at the same layout;
+at another DP from the default (dp_reshardable) checkpoint; at another TP/PP from one saved with
+``checkpoint.reshardable``, the only kind that may change them. Runs killed while they write a
+checkpoint, rename it, or update ``latest`` resume from the previous one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from token_fixtures import byte_run_overrides, write_byte_dataset
 
 TP1_PP2 = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=2"]
 TP2_PP1 = ["launch.procs_per_node=2", "parallel.tp=2", "parallel.pp=1"]
+DP2 = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=1"]
+DP1 = ["launch.procs_per_node=1", "parallel.tp=1", "parallel.pp=1"]
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +30,27 @@ def setup(tmp_path_factory):
     return root, common + [f"checkpoint.pretrained={init}"]
 
 
-def test_resume_matches_uninterrupted_run(setup):
+@pytest.fixture(scope="module")
+def reference(setup) -> list[float]:
+    """The losses of the uninterrupted 10 steps at TP1-PP2."""
     root, common = setup
-    full, split, resharded = root / "full", root / "split", root / "resharded"
-    train(common + TP1_PP2 + [f"logging.run_dir={full}"])
-    train(common + TP1_PP2 + [f"logging.run_dir={split}", "train.stop_at_step=5"])
+    train(common + TP1_PP2 + [f"logging.run_dir={root / 'full'}"])
+    return losses(root / "full")
+
+
+def test_resume_matches_uninterrupted_run(setup, reference):
+    root, common = setup
+    split, resharded = root / "split", root / "resharded"
+    # The save a layout change resumes from: the optimizer in the fully_reshardable format.
+    train(common + TP1_PP2 + [f"logging.run_dir={split}", "train.stop_at_step=5",
+                              "checkpoint.reshardable=true"])
     assert (split / "checkpoints" / "latest").read_text().strip() == "step_000005"
+    step5 = json.loads((split / "checkpoints" / "step_000005" / "megatron_cpt.json").read_text())
+    assert step5["optimizer_format"] == "fully_reshardable"
     shutil.copytree(split, resharded)
 
     out = train(common + TP1_PP2 + [f"logging.run_dir={split}"])
     assert f"resumed from {split / 'checkpoints' / 'step_000005'} at step 5" in out.stdout
-    reference = losses(full)
     assert len(reference) == 10
     # Same layout: bitwise.
     assert losses(split) == reference
@@ -54,6 +67,34 @@ def test_resume_matches_uninterrupted_run(setup):
     for step, (a, b) in enumerate(zip(reference[5:], losses(resharded)[5:]), start=6):
         assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: {a} vs {b}"
     assert len(losses(resharded)) == 10
+
+
+def test_default_checkpoint_resumes_at_another_dp_and_refuses_another_tp(setup, reference):
+    """The default save (dp_reshardable, written in parallel by both DP ranks) resumes at DP1 with
+    the uninterrupted run's losses; at TP2 it is refused before any rank starts, naming the way
+    to a reshardable checkpoint."""
+    root, common = setup
+    run_dir = root / "dp2"
+    train(common + DP2 + [f"logging.run_dir={run_dir}", "train.stop_at_step=5"])
+    step5 = run_dir / "checkpoints" / "step_000005"
+    assert json.loads((step5 / "megatron_cpt.json").read_text())["optimizer_format"] == (
+        "dp_reshardable")
+    # Fully parallel save: each DP rank wrote its half of the replicated model tensors.
+    written = {rank: sum(f.stat().st_size for f in step5.glob(f"__{rank}_*.distcp"))
+               for rank in (0, 1)}
+    assert min(written.values()) > 0.5 * max(written.values()), written
+
+    refused = train(common + TP2_PP1 + [f"logging.run_dir={run_dir}"], check=False)
+    assert refused.returncode == 2
+    message = refused.stderr.strip()
+    assert message.count("\n") == 0 and "dp_reshardable" in message and "parallel.tp" in message
+    assert "checkpoint.reshardable=true" in message and "train.stop_at_step=6" in message
+
+    out = train(common + DP1 + [f"logging.run_dir={run_dir}"])
+    assert f"resumed from {step5} at step 5" in out.stdout
+    for step, (a, b) in enumerate(zip(reference[5:], losses(run_dir)[5:]), start=6):
+        assert abs(a - b) <= 1e-5 * abs(a), f"step {step}: {a} vs {b}"
+    assert len(losses(run_dir)) == 10
 
 
 def test_kills_during_write_rename_and_latest_update_keep_the_previous(setup):

@@ -1,5 +1,6 @@
-"""What CPU runs cannot show: NCCL tensor parallelism with sequence parallelism (2 GPUs), the
-Transformer Engine spec, and a checkpoint converted on CPU ranks loaded into the TE spec. Each test
+"""What CPU runs cannot show: NCCL tensor parallelism with sequence parallelism and NCCL
+pipeline p2p with interleaving at PP=2 (2 GPUs each), the Transformer Engine spec, and a checkpoint
+converted on CPU ranks (where TE is installed) loaded into the TE spec. Each test
 is skipped where its GPUs or Transformer Engine are absent."""
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def test_tp2_with_sequence_parallelism_over_nccl_matches_one_gpu(tmp_path):
         assert abs(a - b) <= 1e-4 * abs(a), (a, b)
 
 
+@needs_two_gpus
+def test_pp2_with_interleaving_over_nccl_matches_one_gpu(tmp_path):
+    """PP=2 with virtual stages: each rank's sends go to its one peer, with activations and
+    gradients of the same shape; over NCCL they must not swap (unbatched, overlapped p2p)."""
+    common = _common(tmp_path, 5) + ["model.dtype=fp32", "model.attention_backend=sdpa",
+                                     "parallel.tp=1"]
+    train(common + ["launch.procs_per_node=1", f"logging.run_dir={tmp_path / 'pp1'}"])
+    train(common + ["launch.procs_per_node=2", "parallel.pp=2", "parallel.vpp=2",
+                    f"logging.run_dir={tmp_path / 'pp2-vpp2'}"])
+    layout = _layout(tmp_path / "pp2-vpp2")
+    assert (layout["pp"], layout["vpp"], layout["pipeline_p2p"]) == (2, 2, "overlapped")
+    for a, b in zip(losses(tmp_path / "pp1"), losses(tmp_path / "pp2-vpp2")):
+        assert abs(a - b) <= 1e-4 * abs(a), (a, b)
+
+
 @needs_te
 def test_transformer_engine_spec_trains(tmp_path):
     run_dir = tmp_path / "te"
@@ -81,5 +97,6 @@ def test_cpu_converted_checkpoint_loads_into_the_te_spec(tmp_path):
         out = train(common + [f"model.attention_backend={backend}", f"logging.run_dir={run_dir}"])
         assert f"initial weights from {ckpt}" in out.stdout
         first_losses[backend] = losses(run_dir)[0]
-    # The same weights in both specs (the TE layers' FP8 state starts fresh): the same first loss.
+    # The same weights in both specs (the TE layers' FP8 state starts fresh): the same first loss,
+    # also with TE's fused cross-entropy (on with the TE spec on GPUs) against the unfused one.
     assert abs(first_losses["te"] - first_losses["sdpa"]) <= 1e-3 * first_losses["sdpa"]

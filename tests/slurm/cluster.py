@@ -3,7 +3,8 @@
 Needs Debian's ``slurmctld slurmd slurm-client munge`` and root (``.ci/run`` installs them).
 Everything it writes lives under one directory; ``stop()`` ends the daemons. Slurm's ports
 (6817/6818) are fixed, so one cluster runs per machine at a time. The node declares 8 GPUs as a
-GRES without devices, so that ``sbatch --test-only`` can check scripts that ask for GPUs.
+GRES without devices, and at least 8 CPUs, so that ``sbatch --test-only`` can check scripts that
+ask for GPUs, with one task per GPU.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ GresTypes=gpu
 KillWait=30
 MinJobAge=600
 SchedulerParameters=sched_interval=2
+SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} Gres=gpu:8 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
@@ -71,7 +73,10 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
         memory_mb = int(_mem_total_kb() / 1024 * 0.9)
-        self.conf.write_text(SLURM_CONF.format(root=root, cpus=os.cpu_count(), memory_mb=memory_mb))
+        # At least a core per declared GPU, as on a GPU node, so that a script with one task per
+        # GPU fits (config_overrides: slurmd takes the declared count over the machine's).
+        cpus = max(os.cpu_count() or 1, 8)
+        self.conf.write_text(SLURM_CONF.format(root=root, cpus=cpus, memory_mb=memory_mb))
         for index in range(8):
             (root / f"fake_gpu{index}").touch()
         (root / "gres.conf").write_text(GRES_CONF.format(root=root))

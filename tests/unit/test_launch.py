@@ -31,13 +31,14 @@ def test_example_scripts_are_generated_and_clean(name, tmp_path):
 
 def test_70b_script_content():
     text = example_path("llama3_70b_cpt_64xh100_fp8").read_text()
-    for line in ("#SBATCH --nodes=8", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=1",
+    # One task per GPU: the Dockerfile image's torchrun (torch 2.9) cannot wait for a stop save.
+    for line in ("#SBATCH --nodes=8", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8",
                  "#SBATCH --requeue", "#SBATCH --signal=B:USR1@600",
                  "export CUDA_DEVICE_MAX_CONNECTIONS=1", "export NCCL_NVLS_ENABLE=0",
                  "export TORCH_NCCL_AVOID_RECORD_STREAMS=1",
                  "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
-                 "--nnodes=8 \\", "--nproc-per-node=8 \\", "--rdzv-backend=c10d \\",
-                 '"--rdzv-endpoint=$HEAD_ADDR:$RDZV_PORT" \\', "--rdzv-conf=join_timeout=1800 \\",
+                 'export MASTER_ADDR="$HEAD_ADDR" MASTER_PORT="$RDZV_PORT"',
+                 '"$PYTHON" -m megatron_cpt.train.worker "$RECIPE" &',
                  'scancel --signal=TERM "$SLURM_JOB_ID"', 'scontrol requeue "$SLURM_JOB_ID"'):
         assert line in text, line
 

@@ -38,6 +38,17 @@ def test_gpu_records_name_the_peak_and_memory():
     assert "Peak GPU memory: 64.00 GB allocated, 70.00 GB reserved" in report
 
 
+def test_fp8_mfu_names_the_fp8_peak():
+    recipe = load_recipe(RECIPE_8B)  # FP8
+    values = ThroughputMeter(recipe, world_size=8,
+                             peak=peak_for("NVIDIA H100 80GB HBM3", "fp8")).values(10.0)
+    assert (values["peak_precision"], values["peak_tflops"]) == ("fp8", 1978.9)
+    records = [{"step": s, "step_time_s": 10.0, **values} for s in range(1, 4)]
+    report = render_report(records, "fp8", steady_records(records, 1))
+    assert ("Device: NVIDIA H100 80GB HBM3; MFU against its FP8 dense peak of 1978.9 TFLOP/s."
+            in report)
+
+
 def test_report_writes_its_files_and_refuses_a_directory_without_metrics(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(GOLDEN, run)

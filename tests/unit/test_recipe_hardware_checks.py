@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,68 @@ def test_fp8_without_transformer_engine_is_a_config_error():
         build_transformer_config(model, ParallelConfig(),
                                  specs.resolve_attention_backend(model.attention_backend),
                                  on_cpu=True)
+
+
+@pytest.mark.parametrize("on_cpu", [False, True])
+def test_interleaved_pipeline_p2p_is_unbatched_and_overlapped_on_every_device(on_cpu):
+    """With PP=2 and virtual stages, each rank's sends of an interleaved step go to its one peer;
+    megatron-core keeps activations and gradients apart only with unbatched p2p (Megatron-LM's
+    setting for interleaving: overlap on, batching off)."""
+    from megatron_cpt.model.build import build_transformer_config
+
+    model = ModelConfig(num_layers=4, dtype="fp32")
+    interleaved = build_transformer_config(model, ParallelConfig(pp=2, vpp=2), "sdpa", on_cpu=on_cpu)
+    assert (interleaved.batch_p2p_comm, interleaved.overlap_p2p_comm) == (False, True)
+    plain = build_transformer_config(model, ParallelConfig(pp=2), "sdpa", on_cpu=on_cpu)
+    # 1F1B without interleaving: batched on GPUs, as Megatron-LM; one order for all on gloo.
+    assert (plain.batch_p2p_comm, plain.overlap_p2p_comm) == (not on_cpu, False)
+
+
+@pytest.fixture
+def installed_transformer_engine(monkeypatch):
+    """Make the stand-in Transformer Engine of tests/stubs importable, at a given version."""
+    import megatron.core.utils
+
+    def install(version: str) -> None:
+        monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "stubs"))
+        import transformer_engine
+
+        monkeypatch.setattr(transformer_engine, "__version__", version)
+        monkeypatch.setattr(megatron.core.utils, "_te_version", None)  # megatron-core's cache
+
+    yield install
+    for name in [n for n in sys.modules if n.startswith("transformer_engine")]:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize("recipe,refused", [("tensorwise", True), ("blockwise", True),
+                                            ("mxfp8", False), ("delayed", False)])
+def test_fp8_recipe_the_installed_te_lacks_is_refused_before_the_model_is_built(
+        installed_transformer_engine, recipe, refused):
+    from megatron_cpt.model.build import build_transformer_config
+
+    installed_transformer_engine("2.1.0")
+    model = ModelConfig(dtype="bf16", attention_backend="te", fp8=Fp8Config(recipe=recipe))
+    if refused:
+        with pytest.raises(ConfigError, match=rf"^model.fp8.recipe={recipe}: needs Transformer "
+                                              rf"Engine >= 2\.[23]\.0\.dev0, installed here is 2\.1\.0"):
+            build_transformer_config(model, ParallelConfig(), "te", on_cpu=True)
+    else:
+        assert build_transformer_config(model, ParallelConfig(), "te", on_cpu=True).fp8_recipe == recipe
+
+
+def test_cross_entropy_fusion_with_transformer_engine_on_gpus(installed_transformer_engine,
+                                                            monkeypatch):
+    from megatron.core.models.common.embeddings import rope_utils
+
+    from megatron_cpt.model.build import build_transformer_config
+
+    installed_transformer_engine("2.7.0")  # the Dockerfile image's
+    # TE's fused RoPE, which megatron-core looked up before the stand-in was importable.
+    monkeypatch.setattr(rope_utils, "fused_apply_rotary_pos_emb", lambda *args: None)
+    for backend, fused in (("te", True), ("sdpa", False)):
+        config = build_transformer_config(ModelConfig(dtype="bf16"), ParallelConfig(), backend,
+                                          on_cpu=False)
+        assert (config.cross_entropy_loss_fusion, config.cross_entropy_fusion_impl) == (fused, "te")
+    assert not build_transformer_config(ModelConfig(), ParallelConfig(), "te",
+                                        on_cpu=True).cross_entropy_loss_fusion
