@@ -102,6 +102,21 @@ def reading_checkpoint(directory: str | Path):
         raise CheckpointError(f"checkpoint '{directory}': cannot be read ({_describe(cause)})") from None
     except (CheckpointingException, pickle.UnpicklingError, EOFError) as exc:
         raise CheckpointError(f"checkpoint '{directory}': cannot be read ({_describe(exc)})") from None
+    except (IndexError, ValueError, KeyError) as exc:
+        # torch's weights-only unpickler fails this way on a corrupt file, not with an
+        # UnpicklingError; the same errors raised anywhere else are bugs and keep their traceback.
+        if not _raised_while_unpickling(exc):
+            raise
+        raise CheckpointError(f"checkpoint '{directory}': cannot be read (a file is corrupt: "
+                              f"{type(exc).__name__} while unpickling)") from None
+
+
+def _raised_while_unpickling(exc: BaseException) -> bool:
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    name = frame.tb_frame.f_code.co_filename if frame is not None else ""
+    return name.endswith(("_weights_only_unpickler.py", "serialization.py", "pickle.py"))
 
 
 try:

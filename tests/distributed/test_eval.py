@@ -68,6 +68,8 @@ def trained(tmp_path_factory):
               "train.seq_length=64", "optim.lr=1e-2", "optim.min_lr=1e-2",
               "optim.schedule.warmup_steps=2", "logging.tensorboard=false",
               f"logging.run_dir={run_dir}", f"checkpoint.save_interval={INTERVAL}",
+              # resumed below in another layout: the optimizer state saved per parameter
+              "checkpoint.reshardable=true",
               f"eval.interval={INTERVAL}", f"eval.tokenizer=hf:{root / 'tok'}",
               "eval.micro_batch_size=3", "eval.tasks=" + json.dumps(tasks)]
     # TP2 with sequence parallelism, killed during the evaluation of step 20 (one batch scored).
