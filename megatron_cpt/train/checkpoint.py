@@ -22,12 +22,11 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron_cpt.checkpointing.dist_io import (apply_model_state, load_dist_checkpoint,
                                                model_sharded_state_dict, pause_for_test, read_meta,
                                                save_dist_checkpoint)
-from megatron_cpt.checkpointing.run_checkpoints import (LATEST, find_resume_checkpoint, prune,
-                                                        shortage_of_space, step_dir_name)
-from megatron_cpt.config.checkpoint import CheckpointConfig
+from megatron_cpt.checkpointing.run_checkpoints import (LATEST, prune, shortage_of_space,
+                                                        step_dir_name)
+from megatron_cpt.checkpointing.start_checks import check_model_matches
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
-from megatron_cpt.errors import CheckpointError
 from megatron_cpt.runtime.mcore_compat import materialize_adam_state
 from megatron_cpt.runtime.parallel import sync_parameters
 
@@ -127,30 +126,6 @@ def room_for_next_checkpoint(ckpt_dir: Path, pending_writes: int) -> Optional[st
     if not flag.item():
         return None
     return shortage or f"no room for the next checkpoint in '{ckpt_dir}' on another rank"
-
-
-def check_model_matches(meta: dict, model: ModelConfig, source: str) -> None:
-    """Refuse a checkpoint whose architecture differs from the recipe's model."""
-    saved = meta.get("model", {})
-    shape_fields = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                    "num_query_groups", "vocab_size", "tie_embeddings")
-    for name in shape_fields:
-        if name in saved and saved[name] != getattr(model, name):
-            raise CheckpointError(
-                f"{source}: model.{name} is {getattr(model, name)} in the recipe but "
-                f"{saved[name]} in the checkpoint")
-
-
-def check_checkpoints_before_start(checkpoint: CheckpointConfig, ckpt_dir: Path,
-                                   model: ModelConfig) -> None:
-    """Run before any rank starts, as the data files are checked: the initial weights, and the
-    checkpoint the run would resume from, are complete, whole, and of the recipe's model."""
-    resume_from = find_resume_checkpoint(ckpt_dir) if checkpoint.resume else None
-    if resume_from is not None:
-        check_model_matches(read_meta(resume_from), model, f"checkpoint '{resume_from}'")
-    elif checkpoint.pretrained:
-        check_model_matches(read_meta(checkpoint.pretrained), model,
-                            f"checkpoint.pretrained '{checkpoint.pretrained}'")
 
 
 def load_training_checkpoint(path: Path, model_chunks, optimizer, scheduler, model: ModelConfig,

@@ -22,7 +22,7 @@ def check_inputs(recipe: Recipe) -> None:
     from (present, whole, of this model)."""
     from megatron_cpt.data.chat_dataset import with_planned_steps
     from megatron_cpt.data.datasets import resolve_training_data
-    from megatron_cpt.train.checkpoint import check_checkpoints_before_start
+    from megatron_cpt.checkpointing.start_checks import check_checkpoints_before_start
     from megatron_cpt.checkpointing.run_checkpoints import checkpoint_dir
 
     recipe = with_planned_steps(recipe)  # the steps data.chat.epochs gives, checked
@@ -41,7 +41,7 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
     worker_args`` on the local ranks. ``several_nodes``: what to do instead when
     ``launch.nodes`` > 1; ``run_dir``: a training run's (its exit status comes from there)."""
     from megatron_cpt.launch.local import inside_distributed_job, run_local
-    from megatron_cpt.model.specs import resolve_attention_backend
+    from megatron_cpt.model.backend import resolve_attention_backend
 
     check_inputs(recipe)
     resolve_attention_backend(recipe.model.attention_backend)  # a broken TE install, said once
