@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def bench_recipe(args: argparse.Namespace):
     """The one-GPU recipe this benchmark trains: what the memory estimate and FLOPs are taken of."""
     from megatron_cpt.config.recipe import recipe_from_dict
-    from megatron_cpt.model.specs import resolve_attention_backend
+    from megatron_cpt.model.backend import resolve_attention_backend
 
     return recipe_from_dict({
         "model": {"preset": args.preset, "num_layers": args.layers, "dtype": args.dtype,

@@ -1,5 +1,52 @@
+"""Test helpers live beside the tests. What several test files need is made once per session: the
+byte-token dataset, the tiny recipe's initial weights, and the uninterrupted runs that interrupted
+or rearranged runs are compared with (a run is a pure function of its recipe and overrides, so
+the same overrides give the same run whichever test asks first)."""
+
 import sys
 from pathlib import Path
 
-# Test helpers (fixtures that build datasets and checkpoints) live beside the tests.
-sys.path.insert(0, str(Path(__file__).parent))
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "distributed"))  # harness: run the CLI
+
+
+@pytest.fixture(scope="session")
+def byte_data(tmp_path_factory) -> Path:
+    """The prefix of the standard library's source as byte tokens (``token_fixtures``)."""
+    from token_fixtures import write_byte_dataset
+
+    prefix = tmp_path_factory.mktemp("byte_data") / "stdlib"
+    write_byte_dataset(prefix)
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def tiny_initial_weights(tmp_path_factory) -> Path:
+    """The tiny recipe's model in fp32 (its own vocabulary), randomly initialised from its seed,
+    as initial weights (``checkpoint.pretrained``)."""
+    from harness import write_initial_weights
+
+    return write_initial_weights(tmp_path_factory.mktemp("tiny_init") / "init", ["model.dtype=fp32"])
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """``reference_run(overrides, recipe=TINY_RECIPE)``: the run directory of an uninterrupted
+    ``megatron-cpt train`` run, trained once per session for each distinct recipe and overrides.
+    Tests read it and never write into it."""
+    from harness import TINY_RECIPE, train
+
+    runs: dict[tuple, Path] = {}
+
+    def run(overrides: list[str], recipe: Path = TINY_RECIPE) -> Path:
+        key = (str(recipe), tuple(overrides))
+        if key not in runs:
+            run_dir = tmp_path_factory.mktemp("reference") / "run"
+            train([*overrides, f"logging.run_dir={run_dir}"], recipe=recipe)
+            runs[key] = run_dir
+        return runs[key]
+
+    return run

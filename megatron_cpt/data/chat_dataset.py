@@ -20,16 +20,19 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
 from megatron_cpt.config.data import DataConfig
 from megatron_cpt.config.train import TrainConfig
+from megatron_cpt.data.index_file import sequence_lengths
 from megatron_cpt.data.packing import Packing, pack_best_fit
 from megatron_cpt.data.prepare_chat import MASK_SUFFIX, chat_paths
 from megatron_cpt.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -135,8 +138,6 @@ def _split(count: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]
 def resolve_chat_data(data: DataConfig, train: TrainConfig, vocab_size: Optional[int] = None,
                       with_validation: bool = True) -> ChatPlan:
     """Check the prepared files against the recipe and pack them; ConfigError naming the field."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     chat = data.chat
     sources, chat_format = [], None
     for i, prefix in enumerate(chat.prefixes):
@@ -144,12 +145,8 @@ def resolve_chat_data(data: DataConfig, train: TrainConfig, vocab_size: Optional
         stats = _read_stats(prefix, where)
         _check_stats(stats, where, data, train, vocab_size, chat_format)
         chat_format = chat_format or stats["chat_format"]
-        # The lengths are views of the index's memory map: copied while the dataset is alive.
-        ids, mask = IndexedDataset(prefix), IndexedDataset(prefix + MASK_SUFFIX)
-        lengths = ids.sequence_lengths.astype(np.int64)
-        same = np.array_equal(lengths, mask.sequence_lengths)
-        del ids, mask
-        if not same:
+        lengths = sequence_lengths(prefix, where)
+        if not np.array_equal(lengths, sequence_lengths(prefix + MASK_SUFFIX, where)):
             raise ConfigError(f"{where}: its ids and loss mask hold sequences of different lengths")
         valid, kept = _split(len(lengths), chat.valid_share, train.seed + i)
         if with_validation and not len(valid):
@@ -219,6 +216,8 @@ class PackedChatDataset:
         return self.packs[self._epoch_order[1][position]]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        import torch  # not at the top: the checks before the ranks start read this module
+
         if not 0 <= index < self.length:
             raise IndexError(index)
         pack = self._pack_of(index)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
-
-import torch
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from megatron_cpt.config.data import DataConfig
 from megatron_cpt.config.train import TrainConfig
 from megatron_cpt.data.mixture import MixturePlan, resolve_mixture
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -144,6 +145,8 @@ def microbatches(dataset, consumed_samples: int, train: TrainConfig, dp_rank: in
     consecutive samples; DP rank r takes the r-th ``micro_batch_size`` of each slice, so every
     layout with the same global batch sees the same samples.
     """
+    import torch
+
     mbs = train.micro_batch_size
     for micro in range(train.num_microbatches(dp_size)):
         start = consumed_samples + micro * mbs * dp_size + dp_rank * mbs

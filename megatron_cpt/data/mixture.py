@@ -20,9 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from megatron_cpt.config.data import DataConfig, SourceConfig
 from megatron_cpt.errors import ConfigError
 from megatron_cpt.config.train import TrainConfig
+from megatron_cpt.data.index_file import sequence_lengths
 
 # Where examples/demo.sh (`make demo`) writes its indexed datasets; the CPU recipes read them.
 DEMO_DATA_DIR = "outputs/demo/data"
@@ -121,13 +124,7 @@ def count_tokens(prefix: str, where: str) -> "list[int]":
                                     f"{missing_data_hint(prefix)}")
     if Path(prefix + ".bin").stat().st_size == 0:  # nothing to map: no tokens
         raise ConfigError(f"{where}: '{prefix}.bin' is empty: the source holds 0 tokens")
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    try:
-        dataset = IndexedDataset(prefix, mmap=True)
-    except Exception as exc:  # a truncated or foreign .idx
-        raise ConfigError(f"{where}: '{prefix}.idx' is not a megatron-core index ({exc})") from None
-    return dataset.sequence_lengths.astype("int64")
+    return sequence_lengths(prefix, where)
 
 
 def split_document_range(num_documents: int, split: list[float], index: int) -> tuple[int, int]:
@@ -218,13 +215,14 @@ def _share_by_paths(plans: list[SourcePlan], weights: Optional[list[float]]) -> 
 def _plan_samples(plan: MixturePlan) -> None:
     """What megatron-core will build: ceil(planned x weight) samples per source (its builder's
     rule for a weighted blend), so the expected shares differ from the requested by rounding."""
-    from megatron.core.datasets.utils import normalize
-
     training = plan.training_sources
     if len(training) == 1:
         counts = [plan.planned_samples]
     else:
-        weights = normalize([s.requested_share for s in training])
+        # The weights normalized in float64 as megatron.core.datasets.utils.normalize does it
+        # (importing it would import all of megatron-core before any rank starts).
+        shares = np.array([s.requested_share for s in training], dtype=np.float64)
+        weights = (shares / np.sum(shares)).tolist()
         counts = [int(math.ceil(plan.planned_samples * w)) for w in weights]
     total = sum(counts)
     for source, count in zip(training, counts):

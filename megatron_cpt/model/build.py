@@ -14,10 +14,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_cpt.config.model import ModelConfig, padded_vocab_size
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.errors import ConfigError
-from megatron_cpt.model.specs import (build_decoder_spec, check_fp8_recipe_for_te,
-                                      check_fp8_recipe_on_device,
-                                      gradient_accumulation_fusion_available,
-                                      resolve_attention_backend)
+from megatron_cpt.model.backend import check_fp8_recipe_for_te, resolve_attention_backend
+from megatron_cpt.model.specs import (build_decoder_spec, check_fp8_recipe_on_device,
+                                      gradient_accumulation_fusion_available)
 from megatron_cpt.model.vocab_padding import mask_padded_logits
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -23,7 +23,7 @@ def check_inputs(recipe: Recipe) -> None:
     from (present, whole, of this model, and loadable in this layout)."""
     from megatron_cpt.data.chat_dataset import with_planned_steps
     from megatron_cpt.data.datasets import resolve_training_data
-    from megatron_cpt.train.checkpoint import check_checkpoints_before_start
+    from megatron_cpt.checkpointing.start_checks import check_checkpoints_before_start
     from megatron_cpt.checkpointing.run_checkpoints import checkpoint_dir
 
     recipe = with_planned_steps(recipe)  # the steps data.chat.epochs gives, checked
@@ -44,7 +44,7 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
     ``launch.nodes`` > 1; ``run_dir``: a training run's (its exit status comes from there)."""
     from megatron_cpt.launch.environment import job_environment
     from megatron_cpt.launch.local import SHUTDOWN_TIMEOUT_S, inside_distributed_job, run_local
-    from megatron_cpt.model.specs import check_fp8_recipe_for_te, resolve_attention_backend
+    from megatron_cpt.model.backend import check_fp8_recipe_for_te, resolve_attention_backend
 
     check_inputs(recipe)
     # A broken TE install, or an FP8 recipe the installed TE lacks, said once.

@@ -90,8 +90,8 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
     from megatron_cpt.checkpointing.run_checkpoints import (find_resume_checkpoint,
                                                             remove_partial_writes)
-    from megatron_cpt.train.checkpoint import (check_model_matches, data_parallel_group,
-                                               load_training_checkpoint)
+    from megatron_cpt.checkpointing.start_checks import check_model_matches
+    from megatron_cpt.train.checkpoint import data_parallel_group, load_training_checkpoint
     from megatron_cpt.train.evaluation import validation_samples
     from megatron_cpt.train.schedule import build_scheduler
 

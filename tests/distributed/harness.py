@@ -46,6 +46,16 @@ def write_initial_weights(out_dir: Path, overrides: list[str], recipe: Path = TI
     return out_dir
 
 
+def layout_comparison_overrides(data: Path, initial_weights: Path) -> list[str]:
+    """The runs that are compared across layouts and with resumed runs (test_parallel_parity,
+    test_resume): 10 steps on the byte tokens from the shared initial weights, no checkpoint."""
+    from token_fixtures import byte_run_overrides
+
+    return byte_run_overrides(data, steps=10, global_batch_size=8, warmup_steps=2) + [
+        f"checkpoint.pretrained={initial_weights}", "checkpoint.save_at_end=false",
+        "checkpoint.save_interval=0"]
+
+
 def metrics(run_dir: Path) -> list[dict]:
     from megatron_cpt.run_files import read_metrics
 

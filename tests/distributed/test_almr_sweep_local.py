@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
-from harness import TINY_RECIPE, metrics, write_initial_weights  # noqa: E402
+from harness import TINY_RECIPE, metrics  # noqa: E402
 from mixture_fixtures import mixture_overrides, write_two_language_mixture  # noqa: E402
 
 from megatron_cpt.almr.launchers import LocalLauncher  # noqa: E402
@@ -20,13 +20,14 @@ from megatron_cpt.almr.sweep import plan_runs, run_state, run_sweep  # noqa: E40
 from megatron_cpt.config.loader import apply_overrides, read_yaml  # noqa: E402
 
 
-def test_local_sweep_runs_the_reference_and_resumes_an_interrupted_point(tmp_path):
+def test_local_sweep_runs_the_reference_and_resumes_an_interrupted_point(tmp_path,
+                                                                        tiny_initial_weights):
     mixture = write_two_language_mixture(tmp_path)
     common = ["model.dtype=fp32", "launch.procs_per_node=1", "parallel.tp=1", "parallel.pp=1",
               "train.global_batch_size=4", "train.micro_batch_size=2", "train.seq_length=64",
               "train.eval_interval=4", "train.eval_steps=2", "data.split=80,20,0",
               "optim.schedule.warmup_steps=1", "logging.tensorboard=false"]
-    init = write_initial_weights(tmp_path / "init", mixture_overrides(mixture, common))
+    init = tiny_initial_weights  # the tiny recipe's model in fp32, as here
     base = apply_overrides(read_yaml(TINY_RECIPE), mixture_overrides(mixture, common + [
         "checkpoint.save_interval=2", f"checkpoint.pretrained={init}"]))
     plan = plan_runs(base, [0.5], [1e-3], str(tmp_path / "sweep"), tokens=4 * 4 * 64)

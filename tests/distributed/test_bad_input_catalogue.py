@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conversion_fixtures import make_hf_llama, write_tiny_tokenizer
-from harness import TINY_RECIPE, write_initial_weights
-from token_fixtures import byte_run_overrides, write_byte_dataset
+from harness import TINY_RECIPE
+from token_fixtures import byte_run_overrides
 
 
 def _truncate(path: Path) -> None:
@@ -30,13 +30,11 @@ def _damaged_copy(source: Path, target: Path, damage) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, byte_data, tiny_initial_weights):
     root = tmp_path_factory.mktemp("catalogue")
-    data = root / "stdlib"
-    write_byte_dataset(data)
-    train_args = byte_run_overrides(data, steps=2, global_batch_size=8, micro_batch_size=2,
+    train_args = byte_run_overrides(byte_data, steps=2, global_batch_size=8, micro_batch_size=2,
                                     seq_length=128)
-    init = write_initial_weights(root / "init", train_args)
+    init = tiny_initial_weights  # read only: the damaged ones are copies
     biggest_shard = lambda d: max(d.glob("*.distcp"), key=lambda p: p.stat().st_size)  # noqa: E731
     hf = make_hf_llama(root / "hf")
     hf_shard = lambda d: sorted(d.glob("*.safetensors"))[1]  # noqa: E731

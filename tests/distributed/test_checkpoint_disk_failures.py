@@ -21,8 +21,8 @@ import sys
 
 import pytest
 
-from harness import losses, metrics, train
-from token_fixtures import byte_run_overrides, write_byte_dataset
+from harness import losses, metrics
+from token_fixtures import byte_run_overrides
 
 from megatron_cpt.checkpointing.run_checkpoints import find_resume_checkpoint
 from megatron_cpt.launch.failures import EXIT_FAILED
@@ -64,16 +64,14 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
     return lines[-1]
 
 
-def test_full_and_read_only_checkpoint_disk(small_disk, tmp_path):
+def test_full_and_read_only_checkpoint_disk(small_disk, tmp_path, byte_data, reference_run):
     from harness import TINY_RECIPE
 
-    prefix = tmp_path / "data" / "stdlib"
-    prefix.parent.mkdir()
-    write_byte_dataset(prefix)
-    args = [str(TINY_RECIPE), *byte_run_overrides(prefix, steps=STEPS), "model.vocab_size=257",
-            "checkpoint.save_interval=2", "checkpoint.keep_last=0"]
-    reference = tmp_path / "reference"
-    train(args[1:] + [f"logging.run_dir={reference}"])
+    overrides = [*byte_run_overrides(byte_data, steps=STEPS), "model.vocab_size=257"]
+    # Checkpoints leave the arithmetic alone: the uninterrupted run needs none.
+    reference = reference_run(overrides + ["checkpoint.save_interval=0",
+                                           "checkpoint.save_at_end=false"])
+    args = [str(TINY_RECIPE), *overrides, "checkpoint.save_interval=2", "checkpoint.keep_last=0"]
 
     ckpt = small_disk / "checkpoints"
     run_dir = tmp_path / "run"

@@ -29,7 +29,7 @@ def test_conversion_and_verify_build_no_transformer_engine_layer(tmp_path):
     env = _te_installed_env(log)
     # The stub is in effect: a training run would pick the Transformer Engine spec.
     probe = subprocess.run(
-        [sys.executable, "-c", "from megatron_cpt.model.specs import resolve_attention_backend; "
+        [sys.executable, "-c", "from megatron_cpt.model.backend import resolve_attention_backend; "
                                "print(resolve_attention_backend('auto'))"],
         capture_output=True, text=True, env={**os.environ, **env})
     assert probe.stdout.strip() == "te", probe.stderr[-2000:]

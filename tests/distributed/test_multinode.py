@@ -10,16 +10,14 @@ import sys
 import yaml
 
 from harness import TINY_RECIPE, free_port, losses, train
-from token_fixtures import byte_run_overrides, write_byte_dataset
+from token_fixtures import byte_run_overrides
 
 from megatron_cpt.config import load_recipe
 from megatron_cpt.launch.slurm import torchrun_command
 
 
-def test_two_nodes_match_one_node(tmp_path):
-    prefix = tmp_path / "stdlib"
-    write_byte_dataset(prefix)
-    common = byte_run_overrides(prefix, steps=6, warmup_steps=2) + [
+def test_two_nodes_match_one_node(tmp_path, byte_data):
+    common = byte_run_overrides(byte_data, steps=6, warmup_steps=2) + [
         "parallel.tp=2", "checkpoint.save_at_end=false"]
     one_node = tmp_path / "one_node"
     train(common + ["launch.procs_per_node=4", f"logging.run_dir={one_node}"])

@@ -1,13 +1,14 @@
 """``parallel.overlap_param_gather`` with the distributed optimizer at DP2: every checkpoint, and its
-Hugging Face export, holds bitwise the weights of the same run without overlap; and a run stopped
-and resumed twice matches the uninterrupted run bitwise.
+Hugging Face export, holds bitwise the weights of the same run without overlap; and a run resumed
+twice matches the uninterrupted run bitwise.
 
 Without the parameter sync before a save, the distributed optimizer's step has updated only each
 rank's own shard: the other half of the weights would still be those of the previous step.
 
 The overlapped run also writes its interval checkpoints in the background
-(``checkpoint.async_save``): they too must equal the blocking run's, and a run resumed from one
-must continue bitwise.
+(``checkpoint.async_save``): they too must equal the blocking run's. The resumed run starts from
+the step-2 checkpoint the overlapped run wrote in the background, stops at step 4 (a blocking
+save) and resumes from that.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import free_port, losses, run_cli, train
-from token_fixtures import byte_run_overrides, write_byte_dataset
+from harness import free_port, losses, metrics, run_cli, train
+from token_fixtures import byte_run_overrides
 
 STEPS = 6
 SAVED = ["step_000002", "step_000004", "step_000006"]
@@ -49,35 +50,31 @@ def _safetensors(directory: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, byte_data):
     root = tmp_path_factory.mktemp("overlap")
-    prefix = root / "stdlib"
-    write_byte_dataset(prefix)
-    common = byte_run_overrides(prefix, steps=STEPS) + ["checkpoint.save_interval=2"] + DP2
+    common = byte_run_overrides(byte_data, steps=STEPS) + ["checkpoint.save_interval=2"] + DP2
     plain, overlap, split = root / "plain", root / "overlap", root / "split"
     train(common + [f"logging.run_dir={plain}"])
     out = train(common + OVERLAP + ASYNC + [f"logging.run_dir={overlap}"])
     # Interval saves go to the background; the last one, as the run stops, blocks.
     assert [n for n in SAVED if f"writing {n} in the background" in out.stdout] == SAVED[:2]
-    # Resume from the step-4 checkpoint that the overlapped run wrote in the background.
-    from_async = root / "from_async"
-    shutil.copytree(overlap, from_async)
-    shutil.rmtree(from_async / "checkpoints" / "step_000006")
-    (from_async / "checkpoints" / "latest").write_text("step_000004\n")
-    out = train(common + OVERLAP + [f"logging.run_dir={from_async}"])
-    assert f"resumed from {from_async / 'checkpoints' / 'step_000004'} at step 4" in out.stdout
-    for stop in (2, 4, None):
+    # The overlapped run as if it had been stopped after step 2: resumed from the checkpoint it
+    # wrote in the background, stopped again at step 4 and resumed to the end.
+    shutil.copytree(overlap, split)
+    for name in SAVED[1:]:
+        shutil.rmtree(split / "checkpoints" / name)
+    (split / "checkpoints" / "latest").write_text(f"{SAVED[0]}\n")
+    for stop in (4, None):
         out = train(common + OVERLAP + [f"logging.run_dir={split}"]
                     + ([f"train.stop_at_step={stop}"] if stop else []))
-        if stop != 2:
-            resumed_at = 4 if stop is None else 2
-            assert f"resumed from {split / 'checkpoints' / f'step_{resumed_at:06d}'} at step " \
-                   f"{resumed_at}" in out.stdout
-    return root, plain, overlap, split, from_async
+        resumed_at = 2 if stop else 4
+        assert f"resumed from {split / 'checkpoints' / f'step_{resumed_at:06d}'} at step " \
+               f"{resumed_at}" in out.stdout
+    return root, plain, overlap, split
 
 
 def test_every_checkpoint_equals_the_run_without_overlap(runs):
-    _, plain, overlap, split, _ = runs
+    _, plain, overlap, split = runs
     directories = [run / "checkpoints" / name for run in (plain, overlap, split) for name in SAVED]
     digests = _digests(directories)
     for name in SAVED:
@@ -92,7 +89,7 @@ def test_every_checkpoint_equals_the_run_without_overlap(runs):
 def test_hf_export_equals_the_run_without_overlap(runs):
     import torch
 
-    root, plain, overlap, _, _ = runs
+    root, plain, overlap, _ = runs
     exports = {}
     for run in (plain, overlap):
         exports[run] = root / f"hf_{run.name}"
@@ -105,15 +102,15 @@ def test_hf_export_equals_the_run_without_overlap(runs):
 
 
 def test_losses_bitwise_with_overlap_and_across_resumes(runs):
-    _, plain, overlap, split, from_async = runs
+    _, plain, overlap, split = runs
     assert len(losses(plain)) == STEPS
     assert losses(overlap) == losses(plain)
+    assert [r["step"] for r in metrics(split)] == list(range(1, STEPS + 1))
     assert losses(split) == losses(overlap)
-    assert losses(from_async) == losses(overlap)
 
 
 def test_background_writes_were_committed(runs):
-    _, _, overlap, _, _ = runs
+    _, _, overlap, _ = runs
     ckpt = overlap / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == SAVED[-1]
     assert sorted(p.name for p in ckpt.iterdir()) == ["latest", *SAVED]  # no .tmp left

@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from harness import metrics, train, write_initial_weights
-from token_fixtures import byte_run_overrides, write_byte_dataset
+from harness import layout_comparison_overrides, metrics
 
 STEPS = 10
 # name -> (overrides, what layout.json must say)
@@ -34,17 +33,11 @@ LAYOUTS = {
 
 
 @pytest.fixture(scope="module")
-def parity_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parity")
-    prefix = root / "stdlib"
-    write_byte_dataset(prefix)
-    common = byte_run_overrides(prefix, steps=STEPS, global_batch_size=8, warmup_steps=2) + [
-        "checkpoint.save_at_end=false", "checkpoint.save_interval=0"]
-    init = write_initial_weights(root / "init", common)
+def parity_runs(byte_data, tiny_initial_weights, reference_run):
+    common = layout_comparison_overrides(byte_data, tiny_initial_weights)
     results = {}
     for name, (overrides, _) in LAYOUTS.items():
-        run_dir = root / name
-        train(common + overrides + [f"checkpoint.pretrained={init}", f"logging.run_dir={run_dir}"])
+        run_dir = reference_run(common + overrides)
         records = metrics(run_dir)
         results[name] = ([r["loss"] for r in records], [r["grad_norm"] for r in records],
                          json.loads((run_dir / "layout.json").read_text()))

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from harness import TINY_RECIPE, losses, metrics, train
-from token_fixtures import EOD_ID, write_byte_dataset
+from token_fixtures import EOD_ID
 
 from megatron_cpt.checkpointing.run_checkpoints import find_resume_checkpoint
 from megatron_cpt.train.preemption import EXIT_RESUMABLE
@@ -25,19 +25,17 @@ STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, byte_data, reference_run):
     root = tmp_path_factory.mktemp("preemption")
-    prefix = root / "stdlib"
-    write_byte_dataset(prefix)
     # llama3-small: a checkpoint write long enough to send a second SIGTERM into.
-    args = [f"data.paths=[{prefix}]", "data.eod_token_id=0", "model.preset=llama3-small",
+    args = [f"data.paths=[{byte_data}]", "data.eod_token_id=0", "model.preset=llama3-small",
             "model.dtype=fp32", f"train.steps={STEPS}", "train.global_batch_size=4",
             "train.micro_batch_size=1", "train.seq_length=64", "optim.schedule.warmup_steps=2",
             "checkpoint.save_interval=2", "logging.tensorboard=false",
             "launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=2"]
     assert EOD_ID == 0
-    reference = root / "reference"
-    train(args + [f"logging.run_dir={reference}"])
+    # Checkpoints leave the arithmetic alone: the uninterrupted run needs none.
+    reference = reference_run(args + ["checkpoint.save_interval=0", "checkpoint.save_at_end=false"])
     return root, args, losses(reference)
 
 

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from harness import TINY_RECIPE, metrics
-from token_fixtures import byte_run_overrides, write_byte_dataset
+from token_fixtures import byte_run_overrides
 
 from megatron_cpt.launch.failures import EXIT_FAILED
 
@@ -29,10 +29,8 @@ STEPS = 400  # long enough that every test acts mid-run
 
 
 @pytest.fixture(scope="module")
-def overrides(tmp_path_factory):
-    prefix = tmp_path_factory.mktemp("lifetime") / "stdlib"
-    write_byte_dataset(prefix)
-    return [*byte_run_overrides(prefix, steps=STEPS), "model.vocab_size=257",
+def overrides(byte_data):
+    return [*byte_run_overrides(byte_data, steps=STEPS), "model.vocab_size=257",
             "checkpoint.save_interval=2"]
 
 

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from harness import TINY_RECIPE, run_cli, train
-from token_fixtures import EOD_ID, write_byte_dataset
+from token_fixtures import EOD_ID
 
 from megatron_cpt.config import load_recipe
 from megatron_cpt.profile.flops import flops_per_token
@@ -26,11 +26,9 @@ OVERRIDES = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=2", "train
 
 
 @pytest.fixture(scope="module")
-def profiled_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("profiled")
-    write_byte_dataset(root / "stdlib")
-    run_dir = root / "run"
-    overrides = [f"data.paths=[{root / 'stdlib'}]", f"data.eod_token_id={EOD_ID}",
+def profiled_run(tmp_path_factory, byte_data):
+    run_dir = tmp_path_factory.mktemp("profiled") / "run"
+    overrides = [f"data.paths=[{byte_data}]", f"data.eod_token_id={EOD_ID}",
                  f"logging.run_dir={run_dir}", *OVERRIDES]
     train(overrides)
     return run_dir, load_recipe(TINY_RECIPE, overrides)

@@ -10,10 +10,11 @@ import shutil
 
 import pytest
 
-from harness import losses, metrics, run_until_then_kill, train, write_initial_weights
+from harness import (layout_comparison_overrides, losses, metrics, run_until_then_kill, train)
 from megatron_cpt.checkpointing.dist_io import PAUSE_ENV, is_complete
-from token_fixtures import byte_run_overrides, write_byte_dataset
+from token_fixtures import byte_run_overrides
 
+# As in test_parallel_parity, whose TP1-PP2 run is the uninterrupted one here.
 TP1_PP2 = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=2"]
 TP2_PP1 = ["launch.procs_per_node=2", "parallel.tp=2", "parallel.pp=1"]
 DP2 = ["launch.procs_per_node=2", "parallel.tp=1", "parallel.pp=1"]
@@ -21,25 +22,22 @@ DP1 = ["launch.procs_per_node=1", "parallel.tp=1", "parallel.pp=1"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, byte_data, tiny_initial_weights):
     root = tmp_path_factory.mktemp("resume")
-    prefix = root / "stdlib"
-    write_byte_dataset(prefix)
-    common = byte_run_overrides(prefix, steps=10, warmup_steps=2)
-    init = write_initial_weights(root / "init", common)
-    return root, common + [f"checkpoint.pretrained={init}"]
+    # The uninterrupted run's overrides, with checkpoints (the last overrides win).
+    common = layout_comparison_overrides(byte_data, tiny_initial_weights)
+    return root, common, common + ["checkpoint.save_at_end=true", "checkpoint.save_interval=10"]
 
 
 @pytest.fixture(scope="module")
-def reference(setup) -> list[float]:
-    """The losses of the uninterrupted 10 steps at TP1-PP2."""
-    root, common = setup
-    train(common + TP1_PP2 + [f"logging.run_dir={root / 'full'}"])
-    return losses(root / "full")
+def reference(setup, reference_run) -> list[float]:
+    """The losses of the uninterrupted 10 steps at TP1-PP2 (test_parallel_parity's run)."""
+    _, uninterrupted, _ = setup
+    return losses(reference_run(uninterrupted + TP1_PP2))
 
 
 def test_resume_matches_uninterrupted_run(setup, reference):
-    root, common = setup
+    root, _, common = setup
     split, resharded = root / "split", root / "resharded"
     # The save a layout change resumes from: the optimizer in the fully_reshardable format.
     train(common + TP1_PP2 + [f"logging.run_dir={split}", "train.stop_at_step=5",
@@ -73,7 +71,7 @@ def test_default_checkpoint_resumes_at_another_dp_and_refuses_another_tp(setup, 
     """The default save (dp_reshardable, written in parallel by both DP ranks) resumes at DP1 with
     the uninterrupted run's losses; at TP2 it is refused before any rank starts, naming the way
     to a reshardable checkpoint."""
-    root, common = setup
+    root, _, common = setup
     run_dir = root / "dp2"
     train(common + DP2 + [f"logging.run_dir={run_dir}", "train.stop_at_step=5"])
     step5 = run_dir / "checkpoints" / "step_000005"
@@ -97,17 +95,17 @@ def test_default_checkpoint_resumes_at_another_dp_and_refuses_another_tp(setup, 
     assert len(losses(run_dir)) == 10
 
 
-def test_kills_during_write_rename_and_latest_update_keep_the_previous(setup):
+def test_kills_during_write_rename_and_latest_update_keep_the_previous(setup, byte_data):
     """Three runs are killed while they save step 10: during the shard writes, between the
     finished write and its rename, and between the rename and the update of ``latest``. Each time
     the next run resumes from step 5; the last one finishes."""
-    root, common = setup
+    root, _, _ = setup
     run_dir = root / "killed"
     ckpt = run_dir / "checkpoints"
-    # A larger model makes the shard writes long enough to be caught in the act.
-    args = common[:-1] + ["model.preset=llama3-small", "model.vocab_size=8000", "model.dtype=fp32",
-                          "data.eod_token_id=0",
-                          "checkpoint.save_interval=5", f"logging.run_dir={run_dir}"] + TP1_PP2
+    # A larger model (random weights) makes the shard writes long enough to be caught in the act.
+    args = byte_run_overrides(byte_data, steps=10, warmup_steps=2) + [
+        "model.preset=llama3-small", "model.vocab_size=8000", "checkpoint.save_interval=5",
+        f"logging.run_dir={run_dir}"] + TP1_PP2
     step5, step10 = ckpt / "step_000005", ckpt / "step_000010"
     resumed = f"resumed from {step5} at step 5"
 

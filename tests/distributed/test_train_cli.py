@@ -6,14 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness import TINY_RECIPE, metrics, run_cli, train
-from token_fixtures import EOD_ID, write_byte_dataset
-
-
-@pytest.fixture(scope="module")
-def byte_data(tmp_path_factory):
-    prefix = tmp_path_factory.mktemp("train_cli") / "stdlib"
-    write_byte_dataset(prefix)
-    return prefix
+from token_fixtures import EOD_ID
 
 
 def test_tiny_recipe_trains_on_two_ranks(byte_data, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
-from harness import TINY_RECIPE, metrics, run_cli, write_initial_weights  # noqa: E402
+from harness import TINY_RECIPE, metrics, run_cli  # noqa: E402
 from mixture_fixtures import mixture_overrides, write_two_language_mixture  # noqa: E402
 
 pytestmark = pytest.mark.slurm
@@ -31,7 +31,7 @@ def _queued(cluster, job: str) -> bool:
     return bool(out.strip())
 
 
-def test_two_point_sweep_runs_as_one_job_array(slurm, tmp_path):
+def test_two_point_sweep_runs_as_one_job_array(slurm, tmp_path, tiny_initial_weights):
     mixture = write_two_language_mixture(tmp_path)
     common = ["model.dtype=fp32", "launch.procs_per_node=1", "launch.accelerator=cpu",
               "parallel.tp=1", "parallel.pp=1", "train.global_batch_size=4",
@@ -39,7 +39,7 @@ def test_two_point_sweep_runs_as_one_job_array(slurm, tmp_path):
               "train.eval_steps=2", "data.split=80,20,0", "optim.schedule.warmup_steps=1",
               "logging.tensorboard=false"]
     overrides = mixture_overrides(mixture, common)
-    init = write_initial_weights(tmp_path / "init", overrides)
+    init = tiny_initial_weights  # the tiny recipe's model in fp32, as here
     sweep = tmp_path / "sweep"
     out = run_cli(["almr", "sweep", str(TINY_RECIPE), *overrides, f"checkpoint.pretrained={init}",
                    "--almr", "0.2,0.6", "--lr", "1e-3", "--tokens", str(4 * 4 * 64),

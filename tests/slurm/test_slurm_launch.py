@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, TINY_RECIPE, losses, metrics, run_cli, train
+from harness import REPO, TINY_RECIPE, losses, metrics, run_cli
 from token_fixtures import byte_run_overrides, write_byte_dataset
 
 from megatron_cpt.config.recipe import load_recipe
@@ -45,25 +45,18 @@ STEPS = 120  # long enough that a start is warned before it finishes (see _time_
 
 
 @pytest.fixture(scope="module")
-def data_prefix(tmp_path_factory):
-    prefix = tmp_path_factory.mktemp("slurm_data") / "stdlib"
-    write_byte_dataset(prefix)
-    return prefix
-
-
-@pytest.fixture(scope="module")
-def common(data_prefix):
+def common(byte_data):
     # Interval checkpoints on, as in every H100 recipe.
-    return byte_run_overrides(data_prefix, warmup_steps=4) + ["launch.accelerator=cpu",
-                                                              "checkpoint.save_interval=5"]
+    return byte_run_overrides(byte_data, warmup_steps=4) + ["launch.accelerator=cpu",
+                                                            "checkpoint.save_interval=5"]
 
 
 @pytest.fixture(scope="module")
-def reference(common, tmp_path_factory):
-    """Losses of the uninterrupted run that the interrupted jobs must reproduce, bitwise."""
-    run_dir = tmp_path_factory.mktemp("slurm_reference") / "run"
-    train(common + [f"train.steps={STEPS}", f"logging.run_dir={run_dir}"])
-    return losses(run_dir)
+def reference(common, reference_run):
+    """Losses of the uninterrupted run that the interrupted jobs must reproduce, bitwise, trained
+    without checkpoints (they leave the arithmetic alone)."""
+    return losses(reference_run(common + [f"train.steps={STEPS}", "checkpoint.save_interval=0",
+                                          "checkpoint.save_at_end=false"]))
 
 
 def _write_script(recipe: Path, overrides: list[str], run_dir: Path, tasks: str = "per-node",
@@ -128,14 +121,14 @@ def test_job_runs_to_completion(slurm, common, tmp_path):
     assert (start.job_id, start.first_step, start.last_step, start.ended) == (job, 1, 6, "finished")
 
 
-def test_demo_recipe_runs_one_task_per_rank_without_gpus(slurm, data_prefix, tmp_path):
+def test_demo_recipe_runs_one_task_per_rank_without_gpus(slurm, byte_data, tmp_path):
     # The demo recipe as written (launch.accelerator: cpu), its data at the paths it names.
     recipe = load_recipe(DEMO_RECIPE)
     for source in recipe.data.mixture.sources:
         target = tmp_path / source.prefix
         target.parent.mkdir(parents=True, exist_ok=True)
         for suffix in (".bin", ".idx"):
-            target.with_name(target.name + suffix).symlink_to(f"{data_prefix}{suffix}")
+            target.with_name(target.name + suffix).symlink_to(f"{byte_data}{suffix}")
     run_dir = tmp_path / "outputs" / "demo" / "run"
     script, job = _write_script(DEMO_RECIPE, ["train.steps=3", "optim.schedule.warmup_steps=1",
                                               "train.eval_interval=0",

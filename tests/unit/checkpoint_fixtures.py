@@ -1,5 +1,5 @@
 """A checkpoint directory that passes the checks made before a run starts (its index, shard files
-and ``megatron_cpt.json`` model fields; ``train/checkpoint.check_checkpoints_before_start``) without
+and ``megatron_cpt.json`` model fields; ``checkpointing/start_checks.check_checkpoints_before_start``) without
 holding a model: for tests that stop before any rank loads it."""
 
 from __future__ import annotations

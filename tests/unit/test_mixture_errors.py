@@ -53,6 +53,24 @@ def test_missing_index_names_field_and_file(root):
         _resolve(root)
 
 
+def test_index_lengths_are_megatron_cores_and_a_bad_index_is_named(root):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_cpt.data.index_file import sequence_lengths
+
+    prefix = str(root / "en")
+    assert sequence_lengths(prefix, "x").tolist() == IndexedDataset(prefix).sequence_lengths.tolist()
+    index = Path(prefix + ".idx")
+    whole = index.read_bytes()
+    index.write_bytes(whole[:100])  # cut inside the sequence lengths
+    with pytest.raises(ConfigError, match=r"^data.mixture.sources\[1\].prefix: .*en.idx' is "
+                       r"truncated \(\d+ of \d+ sequence lengths\)"):
+        _resolve(root)
+    index.write_bytes(b"not an index" + whole[12:])
+    with pytest.raises(ConfigError, match=r"en.idx' is not a megatron-core index"):
+        _resolve(root)
+
+
 def test_eod_id_must_match_the_prepared_data(root):
     (root / "en.stats.json").write_text(json.dumps({"eod_id": 2, "vocab_size": 4000,
                                                     "tokenizer": "sp:tok/tokenizer.model"}))

@@ -12,7 +12,7 @@ import pytest
 from megatron_cpt.config.model import Fp8Config, ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.errors import ConfigError
-from megatron_cpt.model import specs
+from megatron_cpt.model import backend, specs
 
 H100 = ((9, 0), "NVIDIA H100 80GB HBM3")
 
@@ -75,20 +75,20 @@ def broken_transformer_engine(tmp_path, monkeypatch):
 
 def test_broken_transformer_engine_is_reported_not_replaced_by_sdpa(broken_transformer_engine):
     with pytest.raises(ConfigError) as info:
-        specs.resolve_attention_backend("auto")
+        backend.resolve_attention_backend("auto")
     message = str(info.value)
     assert message.startswith("model.attention_backend") and "libcudnn.so.9" in message
     assert "\n" not in message
     # Asking for SDPA explicitly needs no Transformer Engine at all.
-    assert specs.resolve_attention_backend("sdpa") == "sdpa"
+    assert backend.resolve_attention_backend("sdpa") == "sdpa"
 
 
 def test_absent_transformer_engine_means_sdpa():
     if importlib.util.find_spec("transformer_engine") is not None:
         pytest.skip("Transformer Engine is installed here")
-    assert specs.resolve_attention_backend("auto") == "sdpa"
+    assert backend.resolve_attention_backend("auto") == "sdpa"
     with pytest.raises(ConfigError, match="model.attention_backend=te"):
-        specs.resolve_attention_backend("te")
+        backend.resolve_attention_backend("te")
 
 
 def test_fp8_without_transformer_engine_is_a_config_error():
@@ -99,7 +99,7 @@ def test_fp8_without_transformer_engine_is_a_config_error():
     model = ModelConfig(dtype="bf16", fp8=Fp8Config())
     with pytest.raises(ConfigError, match="model.fp8"):
         build_transformer_config(model, ParallelConfig(),
-                                 specs.resolve_attention_backend(model.attention_backend),
+                                 backend.resolve_attention_backend(model.attention_backend),
                                  on_cpu=True)
 
 
