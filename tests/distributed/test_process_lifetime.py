@@ -68,8 +68,10 @@ def _wait_for_steps(run_dir, proc, count: int, log_path) -> None:
 
 
 def _ranks(proc: subprocess.Popen) -> list[psutil.Process]:
-    return [p for p in psutil.Process(proc.pid).children(recursive=True)
-            if p.cmdline()[1:3] == ["-m", "megatron_cpt.train.worker"]]
+    """The ranks, not the checkpoint writer's helpers forked from them (same command line)."""
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if p.cmdline()[1:3] == ["-m", "megatron_cpt.train.worker"]]
+    return [p for p in workers if p.ppid() not in {w.pid for w in workers}]
 
 
 def _assert_all_gone(processes: list[psutil.Process], within_s: float = 30) -> None:
