@@ -17,8 +17,9 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# Two workers: the machine's two cores stay busy while a test waits on Slurm or on a signal.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 -n 2
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit

@@ -40,8 +40,9 @@ setup(
     # data tests compare against. lm-evaluation-harness's `hf` model is the reference that
     # `megatron-cpt eval` is checked against (tests/distributed/test_eval.py); [hf] adds accelerate
     # and peft, both satisfied by the torch already installed (the Makefile installs the CPU build
-    # first).
-    extras_require={"test": ["pytest", "pytest-timeout", "llama-models==0.3.0",
+    # first). pytest-xdist runs the suite on 2 workers (tests/conftest.py keeps each module, and all
+    # the Slurm tests, on one worker).
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist==3.8.0", "llama-models==0.3.0",
                              "lm-eval[hf]==0.4.13"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},
 )

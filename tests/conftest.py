@@ -50,3 +50,17 @@ def reference_run(tmp_path_factory):
         return runs[key]
 
     return run
+
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (``make test`` runs 2 workers), a module's tests stay on one worker, so
+    that its module fixtures are built once, and so do all the Slurm tests (one cluster at a time:
+    its ports are fixed)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/slurm" if nodeid.startswith("tests/slurm/") else nodeid.split("::")[0]
+
+    return ByModule(config, log)
