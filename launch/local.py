@@ -1,17 +1,16 @@
-"""Run a megatron-cpt worker module on N local processes through torchrun (``--standalone``).
+"""Run a megatron-cpt worker module on N local ranks (``launch/rank_processes.py``: through
+torchrun ``--standalone``, or, for ranks that see no GPU, forked from this process).
 
-Used by ``megatron-cpt train``, ``convert`` and ``almr`` when they are not already inside a
-distributed job (no ``WORLD_SIZE`` in the environment). A SIGTERM to this process is passed once to
-the ranks themselves, not to torchrun, which would SIGKILL them after its shutdown timeout (30 s
-before torch 2.11) in the middle of the stop save; further ones are not passed on, so they cannot
-cut a checkpoint write short.
+Used by ``megatron-cpt train``, ``convert``, ``eval`` and ``almr`` when they are not already inside a
+distributed job (no ``WORLD_SIZE`` in the environment).
 
-- **Stopping.** A SIGTERM to this process is passed once to the ranks themselves (torchrun's
-  workers), which save after the current step and exit; torchrun then ends normally. Further ones
+- **Stopping.** A SIGTERM to this process is passed once to the ranks themselves, not to torchrun,
+  which would SIGKILL them after its shutdown timeout (30 s before torch 2.11) in the middle of the
+  stop save. They save after the current step and exit; torchrun then ends normally. Further ones
   are not passed on, so they cannot cut a checkpoint write short.
 - **Lifetime.** torchrun and every rank get the kernel's parent-death signal
   (``process_lifetime.die_with_parent``): if this process dies, even by SIGKILL, torchrun is killed,
-  and so is every rank whose torchrun agent is gone. No rank outlives its job holding memory or a
+  and so is every rank whose torchrun agent is gone, or every forked rank. No rank outlives its job holding memory or a
   GPU.
 - **One line per failure.** ``run_rank`` (every worker's entry point) turns a user error (exit 2)
   or a failure that is not a bug (``launch/failures.py``, exit 4: full disk, unwritable directory,
@@ -24,12 +23,10 @@ cut a checkpoint write short.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -69,8 +66,8 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
     """
     from megatron_cpt.run_files import read_starts
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nprocs}", "--no-python", sys.executable, "-m", module, *args]
+    from megatron_cpt.launch.rank_processes import ForkedRanks, TorchrunRanks, ranks_see_no_gpu
+
     with tempfile.TemporaryDirectory(prefix="megatron-cpt-") as tmp:
         reports = Path(tmp)
         child_env = {**os.environ, **(env or {}), REPORT_DIR_ENV: str(reports)}
@@ -79,21 +76,22 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
         starts_before = len(read_starts(run_dir)) if run_dir else 0
-        torchrun = subprocess.Popen(command, env=child_env, stderr=subprocess.PIPE,
-                                    preexec_fn=functools.partial(die_with_parent, os.getpid()))
-        relay = threading.Thread(target=_relay_stderr, args=(torchrun.stderr, reports),
-                                 daemon=True)
+        if ranks_see_no_gpu(child_env):
+            ranks = ForkedRanks(module, args, nprocs, child_env, SHUTDOWN_TIMEOUT_S)
+        else:
+            ranks = TorchrunRanks(module, args, nprocs, child_env)
+        relay = threading.Thread(target=_relay_stderr, args=(ranks.stderr, reports), daemon=True)
         relay.start()
         forwarded = []
 
         def forward_once(signum, _frame):
             if not forwarded:
                 forwarded.append(signum)
-                _signal_ranks(torchrun, signum)
+                ranks.send_signal(signum)
 
         previous = signal.signal(signal.SIGTERM, forward_once)
         try:
-            status = torchrun.wait()
+            status = ranks.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
             relay.join()
@@ -107,22 +105,6 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
 
             return EXIT_RESUMABLE
     return status
-
-
-def _signal_ranks(torchrun: subprocess.Popen, signum: int) -> None:
-    """Send ``signum`` to torchrun's ranks (its child processes): they save, exit, and torchrun
-    ends with them. Before any rank has started, to torchrun."""
-    import psutil
-
-    try:
-        ranks = psutil.Process(torchrun.pid).children()
-    except psutil.NoSuchProcess:
-        return
-    for process in ranks or [psutil.Process(torchrun.pid)]:
-        try:
-            process.send_signal(signum)
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _relay_stderr(pipe, reports: Path) -> None:

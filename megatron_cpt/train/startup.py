@@ -59,4 +59,6 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
     # already set in this shell keeps its value.
     env = {name: value for name, value in job_environment(recipe, SHUTDOWN_TIMEOUT_S).items()
            if name not in os.environ}
+    if recipe.launch.accelerator == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # CPU ranks, also on a GPU machine (forked: rank_processes)
     return run_local(worker, worker_args, recipe.launch.procs_per_node, run_dir=run_dir, env=env)

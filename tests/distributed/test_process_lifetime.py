@@ -68,10 +68,16 @@ def _wait_for_steps(run_dir, proc, count: int, log_path) -> None:
 
 
 def _ranks(proc: subprocess.Popen) -> list[psutil.Process]:
-    """The ranks, not the checkpoint writer's helpers forked from them (same command line)."""
-    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-               if p.cmdline()[1:3] == ["-m", "megatron_cpt.train.worker"]]
-    return [p for p in workers if p.ppid() not in {w.pid for w in workers}]
+    """The ranks under the launcher, by rank: each leads a session of its own (forked by the
+    launcher or started by torchrun), unlike the checkpoint writer's helpers forked from a rank."""
+    ranks = []
+    for process in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if os.getsid(process.pid) == process.pid:
+                ranks.append(process)
+        except ProcessLookupError:
+            pass
+    return sorted(ranks, key=lambda p: p.pid)  # started in rank order
 
 
 def _assert_all_gone(processes: list[psutil.Process], within_s: float = 30) -> None:
@@ -90,7 +96,7 @@ def test_ranks_die_with_the_launchers_process_group(overrides, tmp_path):
     _wait_for_steps(run_dir, proc, 3, tmp_path / "log")
     everything = psutil.Process(proc.pid).children(recursive=True)
     assert len(_ranks(proc)) == 2
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and torchrun; the ranks have sessions of their own
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher; the ranks have sessions of their own
     proc.wait()
     _assert_all_gone(everything)
 
@@ -113,7 +119,7 @@ def test_a_rank_killed_mid_step_ends_the_job_in_one_line(overrides, tmp_path):
     run_dir = tmp_path / "run"
     proc = _start(_train_command(overrides, run_dir), tmp_path / "log")
     _wait_for_steps(run_dir, proc, 5, tmp_path / "log")
-    victim = next(p for p in _ranks(proc) if "RANK" in p.environ() and p.environ()["RANK"] == "1")
+    victim = _ranks(proc)[1]
     victim.kill()
     assert proc.wait(timeout=120) == EXIT_FAILED
     output = (tmp_path / "log").read_text()
@@ -133,7 +139,7 @@ def test_a_rank_blocked_in_a_collective_still_stops(overrides, tmp_path):
     proc = _start(_train_command(overrides + ["train.stop_grace_minutes=0.1"], run_dir),
                   tmp_path / "log")
     _wait_for_steps(run_dir, proc, 3, tmp_path / "log")
-    ranks = {p.environ()["RANK"]: p for p in _ranks(proc)}
+    ranks = dict(zip(("0", "1"), _ranks(proc)))
     ranks["1"].suspend()  # frozen mid-run: rank 0 waits for it in the next collective
     try:
         time.sleep(1)

@@ -31,7 +31,9 @@ def test_local_ranks_get_the_job_environment(monkeypatch):
     assert startup.start_ranks(recipe, "worker", [], lambda: 1, several_nodes="") == 0
     (env,) = launched
     assert env["CUDA_DEVICE_MAX_CONNECTIONS"] == "1" and env["NCCL_NVLS_ENABLE"] == "0"
-    assert env == {k: v for k, v in expected.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    # The recipe's launch.accelerator is cpu: its ranks see no GPU.
+    assert env == {**{k: v for k, v in expected.items() if k != "PYTORCH_CUDA_ALLOC_CONF"},
+                   "CUDA_VISIBLE_DEVICES": ""}
 
 
 def test_megatron_core_warning_about_the_job_environment_is_shown():

@@ -1,0 +1,173 @@
+"""The local ranks of ``run_local``, started one of two ways behind one interface (``stderr``,
+``send_signal``, ``wait``):
+
+- ``TorchrunRanks``: torchrun (``--standalone``) starts each rank as a fresh interpreter. Used
+  whenever the ranks may use a GPU: a process that has touched CUDA cannot be forked.
+- ``ForkedRanks``: ranks that see no GPU (``CUDA_VISIBLE_DEVICES=""``: conversion, ``eval --cpu``,
+  recipes with ``launch.accelerator: cpu``) are forked from the launcher after it has imported
+  torch and megatron-core once, with the GPUs hidden before that import. Each rank then runs
+  ``python -m module args`` (``runpy``) in that process. Importing torch and megatron-core costs
+  about 2.6 s of CPU per process, and torchrun about 1.5 s: on a 2-rank CPU run that is 4 of its
+  11 CPU-seconds. What torchrun would do for such a job is done here: the rendezvous variables
+  (one node, ``MASTER_ADDR`` 127.0.0.1 and a free port), each rank in a session of its own, and
+  when a rank fails, SIGTERM to the others and SIGKILL after ``shutdown_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from typing import BinaryIO
+
+from megatron_cpt.process_lifetime import die_with_parent
+
+# What every rank imports first; imported once by the launcher before it forks.
+PRELOAD = ("torch", "torch.distributed", "megatron.core.parallel_state",
+           "megatron.core.pipeline_parallel", "megatron.core.optimizer",
+           "megatron.core.models.gpt", "megatron.core.dist_checkpointing")
+# Exit statuses that end a rank as planned: done, or stopped with a checkpoint (75).
+_PLANNED_EXITS = (0, 75)
+
+
+def ranks_see_no_gpu(env: dict[str, str]) -> bool:
+    return env.get("CUDA_VISIBLE_DEVICES") == ""
+
+
+class TorchrunRanks:
+    def __init__(self, module: str, args: list[str], nprocs: int, env: dict[str, str]):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={nprocs}", "--no-python", sys.executable, "-m", module, *args]
+        self._torchrun = subprocess.Popen(
+            command, env=env, stderr=subprocess.PIPE,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+        self.stderr: BinaryIO = self._torchrun.stderr
+
+    def send_signal(self, signum: int) -> None:
+        """To torchrun's ranks (its children): they save, exit, and torchrun ends with them.
+        Before any rank has started, to torchrun."""
+        import psutil
+
+        try:
+            ranks = psutil.Process(self._torchrun.pid).children()
+        except psutil.NoSuchProcess:
+            return
+        for process in ranks or [psutil.Process(self._torchrun.pid)]:
+            try:
+                process.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    def wait(self) -> int:
+        return self._torchrun.wait()
+
+
+class ForkedRanks:
+    def __init__(self, module: str, args: list[str], nprocs: int, env: dict[str, str],
+                 shutdown_timeout_s: float):
+        from megatron_cpt.runtime.quiet import quiet_known_warnings
+
+        self._shutdown_timeout_s = shutdown_timeout_s
+        # Before torch is imported here: the OpenMP runtime reads its thread count when it loads.
+        for name in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"):
+            os.environ[name] = env[name]
+        quiet_known_warnings()
+        for name in PRELOAD:
+            importlib.import_module(name)
+        port = _free_port()
+        read_end, write_end = os.pipe()
+        self.pids: list[int] = []
+        for rank in range(nprocs):
+            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                        "WORLD_SIZE": str(nprocs), "LOCAL_WORLD_SIZE": str(nprocs),
+                        "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_end)
+                _run_rank(module, args, rank_env, write_end)  # never returns
+            self.pids.append(pid)
+        os.close(write_end)
+        self.stderr: BinaryIO = os.fdopen(read_end, "rb", buffering=0)
+
+    def send_signal(self, signum: int) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self) -> int:
+        """0 when every rank ended as planned, else the first other status; after the first
+        rank that did not, the others get SIGTERM, and SIGKILL ``shutdown_timeout_s`` later."""
+        running, status, kill_at = set(self.pids), 0, None
+        while running:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                if kill_at is not None and time.monotonic() > kill_at:
+                    for other in running:
+                        _kill(other, signal.SIGKILL)
+                    kill_at = None
+                time.sleep(0.05)
+                continue
+            if pid not in running:
+                continue
+            running.discard(pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            if code not in _PLANNED_EXITS and status == 0:
+                status = code if code > 0 else 1
+                for other in running:
+                    _kill(other, signal.SIGTERM)
+                kill_at = time.monotonic() + self._shutdown_timeout_s
+        return status
+
+
+def _run_rank(module: str, args: list[str], env: dict[str, str], stderr_fd: int) -> None:
+    """In a forked child: ``python -m module args`` as rank ``env["RANK"]``, then exit without
+    returning into the launcher's code."""
+    status = 1
+    try:
+        os.setsid()  # as torchrun's ranks: a terminal's Ctrl-C goes to the launcher alone
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        os.dup2(stderr_fd, 2)
+        os.close(stderr_fd)
+        os.environ.clear()
+        os.environ.update(env)
+        import torch
+
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # in case torch came before the setting
+        sys.argv = [module, *args]
+        sys.modules.pop(module, None)  # run as ``python -m`` runs it: fresh, as __main__
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a bug in the rank: its traceback, as torchrun shows it
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - the reader may be gone
+                pass
+        os._exit(status)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
