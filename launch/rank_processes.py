@@ -82,6 +82,8 @@ class ForkedRanks:
         for name in PRELOAD:
             importlib.import_module(name)
         port = _free_port()
+        sys.stdout.flush()  # else each rank would write what this process had buffered again
+        sys.stderr.flush()
         read_end, write_end = os.pipe()
         self.pids: list[int] = []
         for rank in range(nprocs):
@@ -140,6 +142,9 @@ def _run_rank(module: str, args: list[str], env: dict[str, str], stderr_fd: int)
         os.close(stderr_fd)
         os.environ.clear()
         os.environ.update(env)
+        if env.get("PYTHONUNBUFFERED"):  # as it would be in a fresh interpreter
+            for stream in (sys.stdout, sys.stderr):
+                stream.reconfigure(line_buffering=True, write_through=True)
         import torch
 
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))  # in case torch came before the setting

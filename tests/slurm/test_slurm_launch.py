@@ -41,7 +41,7 @@ def _wait_for(predicate, timeout: float, what: str, cluster=None, job=None):
     raise AssertionError(f"timed out waiting for {what}\n{detail}")
 
 
-STEPS = 120  # long enough that a start is warned before it finishes (see _time_limited_job)
+STEPS = 60  # long enough that a start is warned after an interval save and before it finishes
 
 
 @pytest.fixture(scope="module")
