@@ -46,6 +46,7 @@ def train_this_rank(recipe: Recipe, stops: Optional["StopRequests"] = None) -> i
         return 3
     if dist.get_rank() == 0:
         write_atomic(run_dir / "recipe.resolved.json", json.dumps(recipe.to_dict(), indent=2))
+    if is_logging_rank():  # the rank that printed the steps: the last lines come after them
         loss = "" if math.isnan(outcome.last_loss) else f", loss {outcome.last_loss:.4f}"
         print(f"[megatron-cpt] {outcome.stop_reason.label}: step {outcome.last_step}{loss}, "
               f"run dir {run_dir}, checkpoint {outcome.checkpoint}", flush=True)
