@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 
+from megatron_cpt.launch.rank_processes import free_port
+
 _SESSION_ENV = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -32,7 +27,7 @@ def single_rank_session() -> Iterator[None]:
     from megatron_cpt.runtime.parallel import destroy_parallel, initialize_parallel
 
     saved = {name: os.environ.get(name) for name in (*_SESSION_ENV, "MASTER_PORT")}
-    os.environ.update(_SESSION_ENV, MASTER_PORT=str(_free_port()))
+    os.environ.update(_SESSION_ENV, MASTER_PORT=str(free_port()))
     try:
         initialize_parallel(ParallelConfig(), seed=0)
         yield

@@ -77,7 +77,7 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
         child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
         starts_before = len(read_starts(run_dir)) if run_dir else 0
         if ranks_see_no_gpu(child_env):
-            ranks = ForkedRanks(module, args, nprocs, child_env, SHUTDOWN_TIMEOUT_S)
+            ranks = ForkedRanks(module, args, nprocs, child_env)
         else:
             ranks = TorchrunRanks(module, args, nprocs, child_env)
         relay = threading.Thread(target=_relay_stderr, args=(ranks.stderr, reports), daemon=True)

@@ -10,7 +10,8 @@
   about 2.6 s of CPU per process, and torchrun about 1.5 s: on a 2-rank CPU run that is 4 of its
   11 CPU-seconds. What torchrun would do for such a job is done here: the rendezvous variables
   (one node, ``MASTER_ADDR`` 127.0.0.1 and a free port), each rank in a session of its own, and
-  when a rank fails, SIGTERM to the others and SIGKILL after ``shutdown_timeout_s``.
+  when a rank fails, SIGTERM to the others and SIGKILL after torchrun's shutdown timeout
+  (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -70,18 +71,18 @@ class TorchrunRanks:
 
 
 class ForkedRanks:
-    def __init__(self, module: str, args: list[str], nprocs: int, env: dict[str, str],
-                 shutdown_timeout_s: float):
+    def __init__(self, module: str, args: list[str], nprocs: int, env: dict[str, str]):
         from megatron_cpt.runtime.quiet import quiet_known_warnings
 
-        self._shutdown_timeout_s = shutdown_timeout_s
+        # torchrun's setting, so that one variable governs both kinds of ranks.
+        self._shutdown_timeout_s = float(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
         # Before torch is imported here: the OpenMP runtime reads its thread count when it loads.
         for name in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"):
             os.environ[name] = env[name]
         quiet_known_warnings()
         for name in PRELOAD:
             importlib.import_module(name)
-        port = _free_port()
+        port = free_port()
         sys.stdout.flush()  # else each rank would write what this process had buffered again
         sys.stderr.flush()
         read_end, write_end = os.pipe()
@@ -100,14 +101,11 @@ class ForkedRanks:
 
     def send_signal(self, signum: int) -> None:
         for pid in self.pids:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+            _kill(pid, signum)
 
     def wait(self) -> int:
         """0 when every rank ended as planned, else the first other status; after the first
-        rank that did not, the others get SIGTERM, and SIGKILL ``shutdown_timeout_s`` later."""
+        rank that did not, the others get SIGTERM, and SIGKILL after the shutdown timeout."""
         running, status, kill_at = set(self.pids), 0, None
         while running:
             pid, wait_status = os.waitpid(-1, os.WNOHANG)
@@ -172,7 +170,7 @@ def _kill(pid: int, signum: int) -> None:
         pass
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -27,11 +27,12 @@ GPU run. Nothing in this module is needed by the model code itself.
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import sys
 import types
 
 import torch
+
+from megatron_cpt.runtime.import_hooks import PatchAfterLoad
 
 _CPU = torch.device("cpu")
 _FACTORIES = (
@@ -103,24 +104,9 @@ class _RetargetOnImport(importlib.abc.MetaPathFinder):
                 continue
             spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
             if spec is not None and spec.loader is not None:
-                spec.loader = _RetargetingLoader(spec.loader)
+                spec.loader = PatchAfterLoad(spec.loader, _retarget_module)
                 return spec
         return None
-
-
-class _RetargetingLoader(importlib.abc.Loader):
-    def __init__(self, inner):
-        self._inner = inner
-
-    def create_module(self, spec):
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module):
-        self._inner.exec_module(module)
-        _retarget_module(module)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
 
 
 def _patch_torch_cuda() -> None:

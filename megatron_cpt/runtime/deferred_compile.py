@@ -20,6 +20,8 @@ import importlib.abc
 import importlib.machinery
 import sys
 
+from megatron_cpt.runtime.import_hooks import PatchAfterLoad
+
 _JIT_MODULE = "megatron.core.jit"
 
 
@@ -49,26 +51,15 @@ class _DeferJitFuser(importlib.abc.MetaPathFinder):
         # The file on sys.path, as the default finder sees it (other finders may consult this one).
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _DeferringLoader(spec.loader)
+            spec.loader = PatchAfterLoad(spec.loader, _defer_jit_fuser)
         return spec
 
 
-class _DeferringLoader(importlib.abc.Loader):
-    def __init__(self, inner):
-        self._inner = inner
+def _defer_jit_fuser(module) -> None:
+    import torch
 
-    def create_module(self, spec):
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module):
-        self._inner.exec_module(module)
-        import torch
-
-        if module.jit_fuser is torch.compile:
-            module.jit_fuser = deferred(torch.compile)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
+    if module.jit_fuser is torch.compile:
+        module.jit_fuser = deferred(torch.compile)
 
 
 def install() -> None:
