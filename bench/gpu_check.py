@@ -7,8 +7,9 @@ Runs ``pytest tests/gpu`` and ``bench/gpu_throughput.py`` (defaults: Llama-3-8B 
 seq 8192, BF16, ours against Hugging Face) each under its own time limit, so that the whole check
 ends well inside 8 minutes. The GPU tests: 3 BF16 steps with MFU against the card's peak; with 2
 GPUs, TP2 with sequence parallelism and PP2 with interleaving over NCCL against one GPU; with
-Transformer Engine, its spec, and a checkpoint converted on CPU ranks (where TE is installed) in
-the TE spec (fused cross-entropy) against the SDPA spec. Each one's outcome, or why it was
+Transformer Engine, its spec, a checkpoint converted on CPU ranks (where TE is installed) in
+the TE spec (fused cross-entropy) against the SDPA spec, and a fine-tuning step whose gradient norm
+with the cross entropy chosen for the installed TE equals the unfused one. Each one's outcome, or why it was
 skipped, is in the JSON's ``tests_gpu`` output (pytest ``-rA``); megatron-core and this project must already be installed (the Makefile
 target does that from .whl/ without network). Any of ``NEEDED_MODULES`` that is absent stops the
 check before it starts (exit status 2, the names in the JSON).

@@ -161,7 +161,9 @@ def run(args: argparse.Namespace) -> dict:
     data = batches(args, cfg.vocab_size, args.micro_batches)
 
     # Ours: the product's runtime path (DDP with fp32 gradient buffers, megatron-core optimizer).
-    ours = {"chunks": build_model(cfg, recipe.parallel)}  # a dict: emptied to free it below
+    # A dict: emptied to free it below. Pre-training batches: the loss mask is all ones.
+    ours = {"chunks": build_model(cfg, recipe.parallel, loss_mask_varies=False,
+                                  micro_batch_size=args.micro_batch)}
     ours["model"] = wrap_with_ddp(ours["chunks"], recipe.parallel)
     ours["optimizer"] = build_optimizer(ours["model"], recipe.optim, recipe.parallel, cfg.dtype)
     ours["scheduler"] = build_scheduler(ours["optimizer"], recipe.optim, recipe.train.steps)

@@ -211,6 +211,12 @@ class DataConfig:
                 raise ConfigError("data.weights: must be >= 0 and not all zero")
         self.split_fractions()
 
+    @property
+    def loss_mask_varies(self) -> bool:
+        """Fine-tuning data trains only the answers; pre-training data (megatron-core's GPTDataset
+        without a pad id or ``eod_mask_loss``) trains every token."""
+        return self.chat is not None
+
     def split_fractions(self) -> list[float]:
         try:
             parts = [float(x) for x in self.split.split(",")]

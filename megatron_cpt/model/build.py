@@ -14,7 +14,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_cpt.config.model import ModelConfig, padded_vocab_size
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.errors import ConfigError
-from megatron_cpt.model.backend import check_fp8_recipe_for_te, resolve_attention_backend
+from megatron_cpt.model.backend import (check_fp8_recipe_for_te, installed_te_version,
+                                        resolve_attention_backend, te_cross_entropy_is_exact)
 from megatron_cpt.model.specs import (build_decoder_spec, check_fp8_recipe_on_device,
                                       gradient_accumulation_fusion_available)
 from megatron_cpt.model.vocab_padding import mask_padded_logits
@@ -23,8 +24,14 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backend: str, *,
-                             on_cpu: bool, initialize: bool = True) -> TransformerConfig:
-    """``backend`` is the resolved attention backend (``te``, ``sdpa`` or ``local``)."""
+                             on_cpu: bool, initialize: bool = True, loss_mask_varies: bool = True,
+                             micro_batch_size: int = 1) -> TransformerConfig:
+    """``backend`` is the resolved attention backend (``te``, ``sdpa`` or ``local``).
+
+    ``loss_mask_varies`` (fine-tuning data: only answers are trained) and ``micro_batch_size``
+    decide whether Transformer Engine's fused cross entropy computes this loss's gradients
+    correctly (``te_cross_entropy_is_exact``); CPT's loss mask is all ones.
+    """
     if model.fp8 is not None:
         if backend != "te":
             raise ConfigError("model.fp8: FP8 needs Transformer Engine, which is not installed here")
@@ -74,7 +81,8 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backe
         # The loss from Transformer Engine's fused kernel over the TP-split logits, without
         # megatron-core's fp32 copy of them (4.2 GB per micro-batch of 8192 tokens for Llama-3's
         # vocabulary), as Megatron-Bridge's recipes run it; its native variant needs torch.compile.
-        cross_entropy_loss_fusion=fused and backend == "te",
+        cross_entropy_loss_fusion=fused and backend == "te" and te_cross_entropy_is_exact(
+            installed_te_version(), loss_mask_varies, micro_batch_size),
         cross_entropy_fusion_impl="te",
         # megatron-core frees a stage's output right after posting its send. NCCL keeps the
         # memory until the send has run (p2p ops record their CUDA stream); gloo sends from a
@@ -102,12 +110,18 @@ def build_transformer_config(model: ModelConfig, parallel: ParallelConfig, backe
     return TransformerConfig(**kwargs)
 
 
-def build_model(model: ModelConfig, parallel: ParallelConfig, *, initialize: bool = True
-                ) -> list[GPTModel]:
-    """One GPTModel per virtual pipeline stage held by this rank (a list of one without vpp)."""
+def build_model(model: ModelConfig, parallel: ParallelConfig, *, initialize: bool = True,
+                loss_mask_varies: bool = True, micro_batch_size: int = 1) -> list[GPTModel]:
+    """One GPTModel per virtual pipeline stage held by this rank (a list of one without vpp).
+
+    Training passes its loss mask's kind and micro-batch size (``build_transformer_config``); the
+    defaults assume a mask that varies per token, which is safe for any loss.
+    """
     on_cpu = not torch.cuda.is_available()
     backend = resolve_attention_backend(model.attention_backend)
-    config = build_transformer_config(model, parallel, backend, on_cpu=on_cpu, initialize=initialize)
+    config = build_transformer_config(model, parallel, backend, on_cpu=on_cpu, initialize=initialize,
+                                      loss_mask_varies=loss_mask_varies,
+                                      micro_batch_size=micro_batch_size)
     vocab = padded_vocab_size(model.vocab_size, model.make_vocab_size_divisible_by, parallel.tp)
     chunks = []
     for vp_stage in range(parallel.vpp or 1):
@@ -156,5 +170,8 @@ def describe_layout(chunks) -> dict:
         "norm_grads_reduced_over_tp": bool(norm_weights) and all(
             getattr(p, "sequence_parallel", False) for p in norm_weights),
         "core_attention": type(layer.self_attention.core_attention).__name__ if layer else None,
+        # Transformer Engine's fused kernel, or megatron-core's vocab-parallel cross entropy.
+        "cross_entropy": ("te_fused" if config.cross_entropy_loss_fusion else
+                          "vocab_parallel"),
         "final_norm": type(final_norm).__name__ if final_norm is not None else None,
     }

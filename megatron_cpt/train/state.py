@@ -102,7 +102,8 @@ def build_state(cfg: Recipe) -> TrainState:
     dp_size = parallel_state.get_data_parallel_world_size()
 
     # 2. Model chunks, DDP, optimizer, LR schedule.
-    chunks = build_model(cfg.model, cfg.parallel)
+    chunks = build_model(cfg.model, cfg.parallel, loss_mask_varies=cfg.data.loss_mask_varies,
+                         micro_batch_size=cfg.train.micro_batch_size)
     model = wrap_with_ddp(chunks, cfg.parallel)
     optimizer = build_optimizer(model, cfg.optim, cfg.parallel, cfg.model.dtype)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)

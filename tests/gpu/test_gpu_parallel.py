@@ -100,3 +100,26 @@ def test_cpu_converted_checkpoint_loads_into_the_te_spec(tmp_path):
     # The same weights in both specs (the TE layers' FP8 state starts fresh): the same first loss,
     # also with TE's fused cross-entropy (on with the TE spec on GPUs) against the unfused one.
     assert abs(first_losses["te"] - first_losses["sdpa"]) <= 1e-3 * first_losses["sdpa"]
+
+
+@needs_te
+def test_an_sft_step_under_te_has_the_unfused_gradients(tmp_path):
+    """The cross entropy the builder picks for a fine-tuning loss (its mask starts with
+    untrained header tokens) gives the unfused gradients; TE < 2.8's fused kernel would scale every
+    token's gradient by the first mask value, 0 (grad_norm 0)."""
+    import os
+    import subprocess
+
+    from harness import free_port
+
+    out = tmp_path / "grad_norms.json"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
+               LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("sft_fused_loss_step.py")),
+                           str(out), "te"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    result = json.loads(out.read_text())
+    norms = result["grad_norm"]
+    print(f"TE {result['te_version']}: fused chosen {result['chosen_fused']}, grad norms {norms}")
+    assert norms["chosen"] > 0
+    assert abs(norms["chosen"] - norms["unfused"]) <= 1e-2 * norms["unfused"], norms

@@ -151,18 +151,61 @@ def test_fp8_recipe_the_installed_te_lacks_is_refused_before_the_model_is_built(
         assert build_transformer_config(model, ParallelConfig(), "te", on_cpu=True).fp8_recipe == recipe
 
 
-def test_cross_entropy_fusion_with_transformer_engine_on_gpus(installed_transformer_engine,
-                                                            monkeypatch):
+def _gpu_config_with_te(monkeypatch, backend="te", **loss):
     from megatron.core.models.common.embeddings import rope_utils
 
     from megatron_cpt.model.build import build_transformer_config
 
-    installed_transformer_engine("2.7.0")  # the Dockerfile image's
     # TE's fused RoPE, which megatron-core looked up before the stand-in was importable.
     monkeypatch.setattr(rope_utils, "fused_apply_rotary_pos_emb", lambda *args: None)
+    return build_transformer_config(ModelConfig(dtype="bf16"), ParallelConfig(), backend,
+                                    on_cpu=False, **loss)
+
+
+def test_cross_entropy_fusion_with_transformer_engine_on_gpus(installed_transformer_engine,
+                                                            monkeypatch):
+    from megatron_cpt.model.build import build_transformer_config
+
+    installed_transformer_engine("2.7.0")  # the Dockerfile image's
     for backend, fused in (("te", True), ("sdpa", False)):
-        config = build_transformer_config(ModelConfig(dtype="bf16"), ParallelConfig(), backend,
-                                          on_cpu=False)
+        config = _gpu_config_with_te(monkeypatch, backend, loss_mask_varies=False)
         assert (config.cross_entropy_loss_fusion, config.cross_entropy_fusion_impl) == (fused, "te")
-    assert not build_transformer_config(ModelConfig(), ParallelConfig(), "te",
-                                        on_cpu=True).cross_entropy_loss_fusion
+    assert not build_transformer_config(ModelConfig(), ParallelConfig(), "te", on_cpu=True,
+                                        loss_mask_varies=False).cross_entropy_loss_fusion
+
+
+# (TE version, loss mask varies, micro-batch size) -> fused. TE < 2.8 scales every token's gradient
+# by the first token's loss-mask value; 2.8-2.10 read the [s, b] gradient as contiguous, which
+# megatron-core's transposed view is only at b = 1; 2.11 made it contiguous.
+FUSION_RULE = [
+    ("2.7.0", False, 4, True), ("2.7.0", True, 1, False), ("2.7.0+a8f6b5d", True, 1, False),
+    ("2.8.0", True, 1, True), ("2.8.0", True, 2, False), ("2.10.0", True, 2, False),
+    ("2.10.0", False, 2, True), ("2.11.0", True, 2, True), ("2.11.0.dev0+1f2e", True, 4, True),
+    ("2.12.1", True, 8, True),
+]
+
+
+@pytest.mark.parametrize("version,varies,micro_batch,fused", FUSION_RULE)
+def test_fused_cross_entropy_only_where_the_installed_te_gets_this_loss_right(
+        installed_transformer_engine, monkeypatch, version, varies, micro_batch, fused):
+    installed_transformer_engine(version)
+    assert backend.te_cross_entropy_is_exact(version, varies, micro_batch) is fused
+    config = _gpu_config_with_te(monkeypatch, loss_mask_varies=varies,
+                                 micro_batch_size=micro_batch)
+    assert config.cross_entropy_loss_fusion is fused
+
+
+def test_the_defaults_assume_a_loss_mask_that_varies(installed_transformer_engine, monkeypatch):
+    installed_transformer_engine("2.7.0")
+    assert not _gpu_config_with_te(monkeypatch).cross_entropy_loss_fusion
+
+
+@pytest.mark.parametrize("recipe,varies", [("llama3_8b_sft_8xh100_fp8.yaml", True),
+                                            ("llama3_70b_sft_64xh100_fp8.yaml", True),
+                                            ("llama3_8b_cpt_8xh100_fp8.yaml", False),
+                                            ("llama3_70b_cpt_64xh100_fp8.yaml", False)])
+def test_sft_recipes_have_a_varying_loss_mask_and_cpt_recipes_do_not(recipe, varies):
+    from megatron_cpt.config.recipe import load_recipe
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    assert load_recipe(examples / recipe).data.loss_mask_varies is varies
