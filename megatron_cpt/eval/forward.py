@@ -10,7 +10,6 @@ DP rank scores its share, and a sum over the DP and PP groups gives every rank e
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -21,23 +20,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from megatron_cpt.eval.requests import ScoringPlan
-from megatron_cpt.runtime.parallel import sync_parameters
-
-
-@contextlib.contextmanager
-def evaluation_mode(chunks):
-    """Forward passes of the current weights (also under overlap_param_gather), no dropout;
-    the chunks' training mode is restored afterwards."""
-    sync_parameters(chunks)
-    modes = [chunk.training for chunk in chunks]
-    for chunk in chunks:
-        chunk.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for chunk, mode in zip(chunks, modes):
-            chunk.train(mode)
+from megatron_cpt.runtime.evaluation_mode import evaluation_mode
 
 
 def _micro_batch(plan: ScoringPlan, sequences: list[int], entries_of: list[np.ndarray],
@@ -73,10 +56,10 @@ def score_entries(chunks, plan: ScoringPlan, micro_batch_size: int,
     # PP micro-batches per forward call: each pipeline stage has work, and the interleaved
     # schedule gets the multiple of PP it needs.
     per_rank = micro_batch_size * pp
-    # Padded lengths split evenly over TP (sequence parallelism); FP8 GEMMs also need multiples
-    # of 16 tokens.
-    fp8 = getattr(chunks[0], "module", chunks[0]).config.fp8
-    multiple = tp * (16 if fp8 else 1)
+    # Padded lengths split evenly over TP (sequence parallelism); FP8 GEMMs, where evaluation
+    # keeps FP8 (FP8 weights), also need multiples of 16 tokens.
+    config = getattr(chunks[0], "module", chunks[0]).config
+    multiple = tp * (16 if config.fp8 and config.fp8_param else 1)
     device = next(chunks[0].parameters()).device
     results = torch.zeros(len(plan.entries), dtype=torch.float64, device=device)
     entries_of = [[] for _ in plan.sequences]

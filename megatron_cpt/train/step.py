@@ -21,7 +21,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_cpt.model.packed_sequences import packed_seq_params
-from megatron_cpt.runtime.parallel import sync_parameters
+from megatron_cpt.runtime.evaluation_mode import evaluation_mode
 
 
 @dataclass
@@ -112,18 +112,11 @@ def train_step(model_chunks, optimizer, scheduler, batches: Iterator[dict], num_
     return StepResult(loss=loss, tokens=tokens, grad_norm=grad_norm, skipped=not update_successful)
 
 
-@torch.no_grad()
 def evaluate(model_chunks, batch_streams: list[Iterator[dict]], num_microbatches: int,
              seq_length: int, micro_batch_size: int) -> list[tuple[float, int]]:
     """(mean per-token loss, loss tokens) of each given global batch (forward only)."""
-    sync_parameters(model_chunks)
-    for chunk in model_chunks:
-        chunk.eval()
-    results = []
-    for batches in batch_streams:
-        outputs = run_forward_backward(model_chunks, batches, num_microbatches, seq_length,
-                                       micro_batch_size, forward_only=True)
-        results.append(reduce_loss_over_pipeline(outputs))
-    for chunk in model_chunks:
-        chunk.train()
-    return results
+    with evaluation_mode(model_chunks):
+        return [reduce_loss_over_pipeline(run_forward_backward(
+                    model_chunks, batches, num_microbatches, seq_length, micro_batch_size,
+                    forward_only=True))
+                for batches in batch_streams]

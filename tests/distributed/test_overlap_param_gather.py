@@ -145,3 +145,15 @@ def test_interleaved_chunks_sync_in_the_order_megatron_core_documents(tmp_path):
             # Chunks 0 and 1 before any compute; the others during the forwards of earlier chunks.
             assert max(position[("param", 0)], position[("param", 1)]) < first_forward
             assert all(position[("param", chunk)] > first_forward for chunk in range(2, chunks))
+        # Evaluation after a step: one forced all-gather per bucket group (sync_parameters), no
+        # parameter sync hook and no other all-gather during its forward passes; no FP8 (a recipe
+        # with FP8 evaluates in its compute dtype, as `megatron-cpt eval` does), which the
+        # training step around it keeps.
+        evaluation = result["evaluation"]
+        forced = [["gather", "forced"]] * evaluation["bucket_groups"]
+        for phase in ("validation", "scoring"):
+            calls = [event for event in evaluation[phase] if event[0] != "forward"]
+            assert calls == forced, (phase, calls)
+        step_kinds = {event[0] for event in evaluation["training_step"]}
+        assert {"fp8", "param", "gather"} <= step_kinds
+        assert evaluation["fp8_after"] == "hybrid"
