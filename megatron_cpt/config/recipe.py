@@ -50,6 +50,7 @@ class Recipe:
             raise ConfigError(
                 f"train.seq_length: {self.train.seq_length} exceeds "
                 f"model.max_position_embeddings {self.model.max_position_embeddings}")
+        self._check_sequence_split()
         fp8 = self.model.fp8
         if fp8 is not None and fp8.param_gather and not self.parallel.distributed_optimizer:
             raise ConfigError(
@@ -77,6 +78,24 @@ class Recipe:
             raise ConfigError(f"logging.trace_steps: step {self.logging.trace_steps[1]} is after "
                               f"the last step (train.steps={self.train.steps})")
         return self
+
+    def _check_sequence_split(self) -> None:
+        """Sequence parallelism gives each TP rank 1/TP of the sequence; FP8 GEMMs take token
+        counts in multiples of 16, per rank where the sequence is split."""
+        seq, tp = self.train.seq_length, self.parallel.tp
+        split = self.parallel.sequence_parallel_enabled
+        if self.model.fp8 is not None:
+            multiple = 16 * (tp if split else 1)
+            if seq % multiple:
+                raise ConfigError(
+                    f"train.seq_length: FP8 (model.fp8) needs a multiple of {multiple} tokens"
+                    + (f" (16 per GEMM x parallel.tp={tp} with sequence parallelism)" if split else
+                       " (its GEMMs' token dimension)") + f", got {seq}")
+        elif split and seq % tp:
+            raise ConfigError(
+                f"train.seq_length: sequence parallelism splits the sequence over "
+                f"parallel.tp={tp} ranks and needs a multiple of {tp}, got {seq}; change it, or "
+                f"set parallel.sequence_parallel=false")
 
     def to_dict(self) -> dict:
         return to_dict(self)

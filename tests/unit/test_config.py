@@ -92,7 +92,21 @@ INVALID = [
     (["model.dtype=bf16", "model.fp8={param_gather: true}", "parallel.distributed_optimizer=false"],
      "model.fp8.param_gather"),
     (["model.rope_scaling={factor: 8.0, low_freq_factor: 2.0}"], "model.rope_scaling"),
+    # Sequence parallelism splits the sequence over TP (the tiny recipe: TP2 with it).
+    (["train.seq_length=127"], "train.seq_length"),
+    # FP8 GEMMs: multiples of 16 tokens, 16 x TP with sequence parallelism.
+    (["model.dtype=bf16", "model.fp8={format: hybrid}", "train.seq_length=48"], "train.seq_length"),
+    (["model.dtype=bf16", "model.fp8={format: hybrid}", "parallel.tp=1", "launch.procs_per_node=1",
+      "train.seq_length=40"], "train.seq_length"),
 ]
+
+
+def test_sequence_lengths_that_split_are_accepted():
+    assert load_recipe(TINY, ["train.seq_length=126"]).train.seq_length == 126
+    assert load_recipe(TINY, ["train.seq_length=127", "parallel.sequence_parallel=false"])
+    fp8 = ["model.dtype=bf16", "model.fp8={format: hybrid}"]
+    assert load_recipe(TINY, fp8 + ["train.seq_length=96"])  # 3 x 16 x TP2
+    assert load_recipe(TINY, fp8 + ["train.seq_length=48", "parallel.sequence_parallel=false"])
 
 
 @pytest.mark.parametrize("overrides,field", INVALID, ids=[f for _, f in INVALID])
