@@ -10,15 +10,28 @@ Transformer Engine's fused attention in the TE spec, ``SDPAttention`` per conver
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
 
-def packed_seq_params(cu_seqlens: torch.Tensor, device: torch.device) -> PackedSeqParams:
+@dataclass
+class HostPackedSeqParams(PackedSeqParams):
+    """megatron-core's packed-sequence parameters plus the sequences' lengths as Python ints, read
+    once per micro-batch from the host copy of ``cu_seqlens``: ``SDPAttention`` splits every
+    layer's query, key and value by them, which from the device tensor would make each layer wait
+    for the GPU (a host-device sync per layer)."""
+
+    lengths: tuple[int, ...] = ()
+
+
+def packed_seq_params(cu_seqlens: torch.Tensor, device: torch.device) -> HostPackedSeqParams:
     """``cu_seqlens`` of a micro-batch of one packed sequence ([1, n] or [n], on the host)."""
     boundaries = cu_seqlens.reshape(-1).to(torch.int32)
+    lengths = tuple((boundaries[1:] - boundaries[:-1]).tolist())
     # A Python int: megatron-core sizes the rotary table with it, TE its kernels.
-    longest = int((boundaries[1:] - boundaries[:-1]).max())
+    longest = max(lengths)
     boundaries = boundaries.to(device, non_blocking=True)
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=boundaries, cu_seqlens_kv=boundaries,
-                           max_seqlen_q=longest, max_seqlen_kv=longest)
+    return HostPackedSeqParams(qkv_format="thd", cu_seqlens_q=boundaries, cu_seqlens_kv=boundaries,
+                               max_seqlen_q=longest, max_seqlen_kv=longest, lengths=lengths)

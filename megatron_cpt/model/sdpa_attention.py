@@ -8,7 +8,9 @@ the [b, heads, s, s] score matrix.
 
 Packed sequences (``packed_seq_params`` in the THD layout, ``model/packed_sequences.py``): megatron-core
 hands over [t, heads, d] with the rotary positions already restarted per sequence; each sequence
-of ``cu_seqlens`` gets its own causal attention, so no token sees another sequence's tokens.
+gets its own causal attention, so no token sees another sequence's tokens. The sequences' lengths
+come from the host once per micro-batch (``HostPackedSeqParams.lengths``), not from the device
+copy of ``cu_seqlens`` in every layer.
 """
 
 from __future__ import annotations
@@ -52,7 +54,11 @@ class SDPAttention(MegatronModule):
             if packed_seq_params.qkv_format != "thd":
                 raise ValueError(f"SDPAttention packs sequences in the thd layout only, got "
                                  f"{packed_seq_params.qkv_format}")
-            return self._packed(query, key, value, packed_seq_params.cu_seqlens_q)
+            lengths = getattr(packed_seq_params, "lengths", None)
+            if not lengths:
+                raise ValueError("SDPAttention needs the packed sequences' lengths on the host "
+                                 "(model.packed_sequences.packed_seq_params)")
+            return self._packed(query, key, value, lengths)
         # megatron-core layout [s, b, heads, d] -> SDPA's [b, heads, s, d].
         out = self._causal(*(t.permute(1, 2, 0, 3) for t in (query, key, value)))
         # [b, heads, s, d] -> [s, b, heads * d]
@@ -65,9 +71,8 @@ class SDPAttention(MegatronModule):
             q, k, v, is_causal=True, scale=self.softmax_scale,
             dropout_p=self.dropout_p if self.training else 0.0, enable_gqa=q.size(1) > k.size(1))
 
-    def _packed(self, query, key, value, cu_seqlens):
+    def _packed(self, query, key, value, lengths: tuple[int, ...]):
         """[t, heads, d] holding several sequences -> [t, heads * d], each attending to itself."""
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
         outputs = [self._causal(*(t.permute(1, 0, 2).unsqueeze(0) for t in parts))
                    for parts in zip(*(t.split(lengths) for t in (query, key, value)))]
         # each [1, heads, s_i, d] -> [s_i, heads * d]
