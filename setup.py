@@ -1,11 +1,13 @@
 """megatron-cpt: continual pre-training of Llama-3 on megatron-core (TP x PP x DP)."""
 
-import sys
+import os
+import runpy
 
 from setuptools import find_packages, setup
 
-# megatron-core 0.17+ needs Python >= 3.12; the 0.16 line is the newest for 3.11.
-MCORE = "megatron-core>=0.16.1,<0.17" if sys.version_info < (3, 12) else "megatron-core>=0.16.1"
+# The tested megatron-core line, on every Python; also checked when a command starts.
+MCORE = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "megatron_cpt",
+                                     "runtime", "mcore_version.py"))["MEGATRON_CORE_REQUIREMENT"]
 
 setup(
     name="megatron-cpt",

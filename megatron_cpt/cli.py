@@ -18,6 +18,8 @@ import sys
 
 from megatron_cpt.errors import UserError, one_line
 
+# Verbs whose work runs on megatron-core: the installed one is checked before they start.
+NEEDS_MEGATRON_CORE = ("data", "train", "convert", "almr", "eval")
 # verb -> (module with register(subparsers), one-line help). Only the chosen verb's module is
 # imported, so `megatron-cpt data ...` does not pay for torch and megatron-core imports it never uses.
 VERBS = {
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_known_warnings()
     try:
+        if args.verb in NEEDS_MEGATRON_CORE:
+            from megatron_cpt.runtime.mcore_version import check_megatron_core_version
+
+            check_megatron_core_version()
         result = args.func(args)
     except (UserError, FileNotFoundError, FileExistsError) as exc:
         print(f"megatron-cpt {args.verb}: error: {one_line(exc)}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import json
 import os
 import pickle
@@ -206,10 +207,20 @@ def save_dist_checkpoint(sharded_state: dict, directory: str | Path, meta: dict[
     else:
         with writing_checkpoint(tmp):
             request = dist_checkpointing.save(sharded_state, str(tmp), strategy,
-                                              async_sharded_save=True)
+                                              async_sharded_save=True,
+                                              **megatron_core_writer(dist_checkpointing.save))
         request.add_finalize_fn(commit)
         background.schedule_async_request(request)
     return final
+
+
+def megatron_core_writer(save: Callable) -> dict:
+    """megatron-core 0.17+ writes background saves with nvidia-resiliency-ext's writer unless told
+    otherwise (``async_strategy``); its own writer, the only one before 0.17, is the one whose
+    helper processes ``writer_processes`` keeps alive through a stop signal."""
+    if "async_strategy" in inspect.signature(save).parameters:
+        return {"async_strategy": "mcore"}
+    return {}
 
 
 def pause_for_test(point: str, directory: Path) -> None:

@@ -16,8 +16,9 @@ training, checkpointing and optimizer paths are of four kinds, and each is redir
    ``tensor.type()`` is ``"torch.cuda.FloatTensor"`` (or Half/BFloat16). ``Tensor.type()`` with no
    argument reports a CPU tensor under the ``torch.cuda.`` name.
 
-Also: ``torch.cuda.synchronize`` and ``Tensor.cuda()`` become no-ops, and ``torch.autocast("cuda")``
-becomes CPU autocast.
+Also: ``torch.cuda.synchronize`` and ``Tensor.cuda()`` become no-ops, ``torch.cuda.current_stream()``
+is a stream whose waits are no-ops (CPU ops run in order; megatron-core 0.19 waits on it in every
+gradient sync), and ``torch.autocast("cuda")`` becomes CPU autocast.
 
 ``activate()`` is called once by the runtime before megatron-core is imported and only when
 ``torch.cuda.is_available()`` is false; on a CUDA machine it refuses, so nothing here can alter a
@@ -70,6 +71,25 @@ def _cpu_autocast(device_type, *args, **kwargs):
     return torch.autocast(device_type, *args, **kwargs)
 
 
+class _CpuStream:
+    """``torch.cuda.current_stream()`` on the CPU, where work runs in program order."""
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+_CPU_STREAM = _CpuStream()
+
+
 class _CpuTorch(types.ModuleType):
     """What megatron-core modules see as ``torch``: the real module with CPU tensor factories."""
 
@@ -113,6 +133,7 @@ def _patch_torch_cuda() -> None:
     cuda = torch.cuda
     cuda.current_device = lambda: _CPU
     cuda.synchronize = lambda *a, **k: None
+    cuda.current_stream = lambda *a, **k: _CPU_STREAM
     cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
     cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     # torch.manual_seed itself calls torch.cuda.manual_seed_all: seed the CPU generator directly.

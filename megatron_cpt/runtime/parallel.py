@@ -37,6 +37,9 @@ def on_cuda() -> bool:
 
 def initialize_parallel(parallel: ParallelConfig, seed: int, timeout_minutes: int = 30) -> None:
     """Join the job (torchrun-style RANK/WORLD_SIZE/MASTER_* env) and create megatron's groups."""
+    from megatron_cpt.runtime.mcore_version import check_megatron_core_version
+
+    check_megatron_core_version()  # ranks started by Slurm have not been through the CLI
     quiet_known_warnings()
     if not on_cuda():
         cpu_emulation.activate()

@@ -32,6 +32,7 @@ from megatron_cpt.checkpointing.start_checks import (DP_RESHARDABLE, FULLY_RESHA
                                                      saved_optimizer_format)
 from megatron_cpt.config.model import ModelConfig
 from megatron_cpt.config.parallel import ParallelConfig
+from megatron_cpt.errors import CheckpointError
 from megatron_cpt.runtime.mcore_compat import materialize_adam_state
 from megatron_cpt.runtime.parallel import sync_parameters
 
@@ -156,6 +157,24 @@ def room_for_next_checkpoint(ckpt_dir: Path, pending_writes: int) -> Optional[st
     return shortage or f"no room for the next checkpoint in '{ckpt_dir}' on another rank"
 
 
+def load_optimizer_state(optimizer, state: dict, path: Path) -> None:
+    # megatron-core 0.16 loads the dp_reshardable format by copying into the main parameters
+    # outside no_grad; with fp32 weights those are views of the model's own, which autograd refuses.
+    try:
+        with torch.no_grad():
+            optimizer.load_state_dict(state)
+    except KeyError as exc:
+        # megatron-core 0.19 pairs the saved parameter groups with the current ones by their
+        # settings (learning rates, weight decay) and fails on a tuple of them that it lacks.
+        if not (exc.args and isinstance(exc.args[0], tuple)):
+            raise
+        raise CheckpointError(
+            f"checkpoint '{path}': its optimizer parameter groups do not match this run's "
+            f"(megatron-core pairs them by their settings {exc.args[0]!r}): resume with the "
+            f"optim.lr, optim.min_lr and optim.weight_decay it was saved with, or start a new run "
+            f"from it with checkpoint.pretrained") from None
+
+
 def load_training_checkpoint(path: Path, model_chunks, optimizer, scheduler, model: ModelConfig,
                              parallel: ParallelConfig) -> TrainingProgress:
     """Collective. Restores everything; RNG only when the TP/PP layout is the one saved."""
@@ -174,10 +193,7 @@ def load_training_checkpoint(path: Path, model_chunks, optimizer, scheduler, mod
     group = data_parallel_group() if optimizer_format == DP_RESHARDABLE else None
     loaded = load_dist_checkpoint(request, path, parallel_group=group)
     apply_model_state(model_chunks, loaded)
-    # megatron-core 0.16 loads the dp_reshardable format by copying into the main parameters
-    # outside no_grad; with fp32 weights those are views of the model's own, which autograd refuses.
-    with torch.no_grad():
-        optimizer.load_state_dict(loaded["optimizer"])
+    load_optimizer_state(optimizer, loaded["optimizer"], path)
     scheduler.load_state_dict(loaded["scheduler"])
     if same_layout:
         _restore_rng(loaded["rng_state"])
