@@ -9,7 +9,9 @@
 # CI image docker/Dockerfile.ci.dev installs on top of the image's own torch and Transformer Engine,
 # which its pyproject leaves out for that image). So megatron-core is pinned to 0.16.1, the version
 # of the CPU test suite, and the image's torch (2.9.0a0+50eac811a6.nv25.09, from NVIDIA's PyTorch
-# release notes and the image itself) and TE (2.7) stay as they are.
+# release notes and the image itself) and TE (2.7) stay as they are. TE 2.7's fused cross entropy
+# gets a loss mask that varies per token wrong (TE PR #2139, fixed in 2.8): fine-tuning recipes
+# train with megatron-core's unfused loss under it (model/backend.py, docs/TRAINING.md).
 FROM nvcr.io/nvidia/pytorch:25.09-py3
 
 WORKDIR /opt/megatron-cpt
