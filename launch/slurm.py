@@ -33,9 +33,11 @@ from megatron_cpt.launch.environment import job_environment
 from megatron_cpt.launch.node import torchrun_waits_for_saves
 from megatron_cpt.run_files import blocking_save_times
 
-# Rendezvous ports: PORT_BASE + (job id + restart) % PORT_SPAN, away from Slurm's 6817/6818 and
-# the ephemeral range.
-PORT_BASE, PORT_SPAN = 20000, 10000
+# Rendezvous ports, away from Slurm's 6817/6818 and the ephemeral range: PORT_BASE +
+# (job id % (PORT_SPAN / RESTART_SLOTS)) * RESTART_SLOTS + restart % RESTART_SLOTS. Two jobs whose ids
+# are less than 1250 apart never share a port, whatever their restarts (job 4's restart and job 5's
+# first start met under job id + restart); a job's start reuses the port of its start 8 earlier.
+PORT_BASE, PORT_SPAN, RESTART_SLOTS = 20000, 10000, 8
 # Slurm may deliver --signal up to 60 s early or late (its event loop's resolution).
 SLURM_SIGNAL_SLACK_S = 60
 DEFAULT_LEAD_S = 600
@@ -267,7 +269,8 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
         python_q=shlex.quote(job.python),
         env_exports="\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
         port_base=PORT_BASE,
-        port_span=PORT_SPAN,
+        job_slots=PORT_SPAN // RESTART_SLOTS,
+        restart_slots=RESTART_SLOTS,
         rendezvous_lines=rendezvous,
         srun_flags=_join(srun),
         decide_srun_flags=_join(["--nodes=1", "--ntasks=1", *container]),

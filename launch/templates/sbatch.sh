@@ -44,7 +44,7 @@ if [ "$$SLURM_JOB_NUM_NODES" -gt 1 ] && [[ "$$HEAD_ADDR" == 127.* ]]; then
   exit 2
 fi
 RESTART="$${SLURM_RESTART_COUNT:-0}"
-RDZV_PORT=$$(( ${port_base} + (SLURM_JOB_ID + RESTART) % ${port_span} ))
+RDZV_PORT=$$(( ${port_base} + (SLURM_JOB_ID % ${job_slots}) * ${restart_slots} + RESTART % ${restart_slots} ))
 ${rendezvous_lines}
 echo "megatron-cpt: job $$SLURM_JOB_ID start $$RESTART on $$SLURM_JOB_NUM_NODES node(s), head $$HEAD_NODE ($$HEAD_ADDR:$$RDZV_PORT)"
 

@@ -156,3 +156,22 @@ def test_missing_initial_weights_are_refused_before_anything_is_written(tmp_path
     err = capsys.readouterr().err.strip()
     assert "no_such_checkpoint" in err and "\n" not in err, err
     assert not run_dir.exists()
+
+
+def test_rendezvous_ports_of_nearby_jobs_and_their_restarts_differ():
+    """Job 4's second start and job 5's first once got the same port (job id + restart). The
+    script's own line, run by bash: jobs less than 1250 ids apart never share a port, whatever
+    their restarts."""
+    import subprocess
+
+    line = next(line for line in example_path("llama3_8b_cpt_8xh100_fp8").read_text().splitlines()
+                if line.startswith("RDZV_PORT="))
+    for first in (4, 99_000):  # the second window crosses job id 100000, a multiple of 1250
+        jobs = sorted({*range(first, first + 1250, 83), first + 1, first + 1249})
+        pairs = [(job, restart) for job in jobs for restart in range(6)]
+        script = "".join(f"SLURM_JOB_ID={j}; RESTART={r}; {line}; echo $RDZV_PORT\n"
+                         for j, r in pairs)
+        ports = [int(p) for p in subprocess.run(["bash", "-c", script], capture_output=True,
+                                                text=True, check=True).stdout.split()]
+        assert len(ports) == len(pairs) and all(20000 <= p < 30000 for p in ports)
+        assert len(set(ports)) == len(ports), first
