@@ -174,12 +174,22 @@ def run_rank(main: Callable[[], int], verb: str) -> int:
             (Path(reports) / f"rank-{rank}.done").touch()
 
 
+def error_prefix(verb: str) -> str:
+    """How a failure line names what failed: the command a user ran; or, in a rank of a Slurm job
+    step (the batch script of ``launch slurm`` starts the ranks itself), that step as squeue and
+    sacct name it, ``megatron-cpt job JOBID.STEPID (verb)``."""
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if job and step and not os.environ.get(REPORT_DIR_ENV):
+        return f"megatron-cpt job {job}.{step} ({verb})"
+    return f"megatron-cpt {verb}"
+
+
 def report_failure(verb: str, message: str, status: int) -> None:
     """Say ``message`` once for the job: in the report the launcher reads (the first rank to fail
     wins), or, started by another launcher (Slurm), on this rank's stderr."""
     reports = os.environ.get(REPORT_DIR_ENV)
     if not reports:
-        print(f"megatron-cpt {verb}: error: {message}", file=sys.stderr, flush=True)
+        print(f"{error_prefix(verb)}: error: {message}", file=sys.stderr, flush=True)
         return
     (Path(reports) / f"rank-{os.environ.get('RANK', '0')}.done").touch()  # it has spoken
     path = Path(reports) / _FAILURE

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torchrun_waits_for_saves(torch.__version__):
-        print(f"megatron-cpt launch: error: torch {torch.__version__} in this job: its torchrun "
+        from megatron_cpt.launch.local import error_prefix
+
+        print(f"{error_prefix('torchrun')}: error: torch {torch.__version__} in this job: its torchrun "
               f"would SIGKILL the ranks 30 s after SIGTERM, in the middle of the stop save "
               f"(TORCH_ELASTIC_SHUTDOWN_TIMEOUT needs torch >= 2.11); submit with --tasks per-gpu",
               file=sys.stderr, flush=True)

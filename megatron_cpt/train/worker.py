@@ -27,6 +27,7 @@ def train_this_rank(recipe: Recipe, stops: Optional["StopRequests"] = None) -> i
     """Train as this rank; ``stops``: a stop-signal handler installed earlier (else now)."""
     import torch.distributed as dist
 
+    from megatron_cpt.launch.local import error_prefix
     from megatron_cpt.runtime.parallel import destroy_parallel
     from megatron_cpt.train.loop import NonFiniteLossError, run_training
     from megatron_cpt.train.preemption import EXIT_RESUMABLE, StopRequests
@@ -42,7 +43,7 @@ def train_this_rank(recipe: Recipe, stops: Optional["StopRequests"] = None) -> i
         outcome = run_training(recipe, stops)
     except NonFiniteLossError as exc:
         if dist.get_rank() == 0:  # every rank knows the loss: one line for the job
-            print(f"megatron-cpt train: error: {exc}", file=sys.stderr, flush=True)
+            print(f"{error_prefix('train')}: error: {exc}", file=sys.stderr, flush=True)
         return 3
     if dist.get_rank() == 0:
         write_atomic(run_dir / "recipe.resolved.json", json.dumps(recipe.to_dict(), indent=2))

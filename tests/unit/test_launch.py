@@ -175,3 +175,18 @@ def test_rendezvous_ports_of_nearby_jobs_and_their_restarts_differ():
                                                 text=True, check=True).stdout.split()]
         assert len(ports) == len(pairs) and all(20000 <= p < 30000 for p in ports)
         assert len(set(ports)) == len(ports), first
+
+
+def test_a_rank_of_a_slurm_step_names_the_step_in_its_failure_line(monkeypatch, capsys):
+    """In a job of `launch slurm` the ranks are started by the batch script, not by `train`: the
+    line names the job step as squeue and sacct do."""
+    from megatron_cpt.launch.local import REPORT_DIR_ENV, report_failure
+
+    monkeypatch.delenv(REPORT_DIR_ENV, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_STEP_ID", "1")
+    report_failure("train", "rank 3: no space left on device", 4)
+    assert capsys.readouterr().err == "megatron-cpt job 4242.1 (train): error: rank 3: no space left on device\n"
+    monkeypatch.delenv("SLURM_STEP_ID")  # the batch script itself, or `megatron-cpt train` in salloc
+    report_failure("train", "x", 2)
+    assert capsys.readouterr().err == "megatron-cpt train: error: x\n"
