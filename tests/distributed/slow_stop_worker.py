@@ -13,7 +13,7 @@ from pathlib import Path
 
 from megatron_cpt.process_lifetime import unblock_sigterm
 
-SAVE_S = 6
+SAVE_S = 3
 
 
 def main(out_dir: str) -> int:

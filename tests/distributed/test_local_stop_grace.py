@@ -1,6 +1,6 @@
 """SIGTERM to a local launch (``megatron-cpt train`` on one node) reaches the ranks without going
 through torchrun, whose shutdown timeout (30 s, fixed before torch 2.11) would otherwise SIGKILL
-them in the middle of their stop save. Here torchrun's timeout is 2 s and the ranks take 6 s."""
+them in the middle of their stop save. Here torchrun's timeout is 1 s and the ranks take 3 s."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 def test_sigterm_lets_the_ranks_finish_their_save(tmp_path):
     launcher = ("import sys; from megatron_cpt.launch.local import run_local; "
                 "sys.exit(run_local('slow_stop_worker', [sys.argv[1]], 2, "
-                "env={'TORCH_ELASTIC_SHUTDOWN_TIMEOUT': '2'}))")
+                "env={'TORCH_ELASTIC_SHUTDOWN_TIMEOUT': '1'}))")
     # Through torchrun, whatever an earlier test left in this process's environment: with
     # CUDA_VISIBLE_DEVICES="" the ranks would be forked instead.
     env = {name: value for name, value in os.environ.items() if name != "CUDA_VISIBLE_DEVICES"}
