@@ -63,7 +63,39 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _ended(pid: int, timeout_s: float) -> int | None:
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _torchrun_has_a_rank(launcher: int) -> bool:
+    try:
+        return any(torchrun.children() for torchrun in psutil.Process(launcher).children())
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_for_the_moment(launcher: int, tmp: Path, moment: float | str) -> None:
+    """Until the launcher has made its report directory (in TMP), then ``moment`` seconds, or
+    until torchrun's first rank exists; at once if the launcher ends or START_TIMEOUT_S passes."""
+    process = psutil.Process(launcher)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not any(tmp.iterdir()):
+        if not _running(process) or time.monotonic() > deadline:
+            return
+        time.sleep(0.0005)
+    if moment != FIRST_RANK:
+        time.sleep(moment)
+        return
+    while not _torchrun_has_a_rank(launcher):
+        if not _running(process) or time.monotonic() > deadline:
+            return
+        time.sleep(0.001)
+
+
+def _exit_status(pid: int, timeout_s: float) -> int | None:
     """The launcher's exit status once it has ended, or None after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -72,16 +104,6 @@ def _ended(pid: int, timeout_s: float) -> int | None:
             return os.waitstatus_to_exitcode(wait_status)
         time.sleep(0.005)
     return None
-
-
-def _wait_for_first_torchrun_rank(launcher: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            if any(torchrun.children() for torchrun in psutil.Process(launcher).children()):
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.001)
 
 
 def launch(out: Path, env: dict[str, str], moment: float | str) -> dict:
@@ -93,33 +115,27 @@ def launch(out: Path, env: dict[str, str], moment: float | str) -> dict:
     seen: list[psutil.Process] = []
     status = None
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not any(tmp.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        if moment == FIRST_RANK:
-            _wait_for_first_torchrun_rank(pid, deadline)
-        else:
-            time.sleep(moment)
+        _wait_for_the_moment(pid, tmp, moment)
         seen = _tree(pid)
         os.kill(pid, signal.SIGTERM)
         seen += _tree(pid)
-        status = _ended(pid, STOP_TIMEOUT_S)
+        status = _exit_status(pid, STOP_TIMEOUT_S)
     finally:
         if status is None:
             seen += _tree(pid)
-        left_running = []
+        left_running = set()
         for process in seen:
-            try:
-                if process.pid != pid:
-                    process.kill()  # checks it is still the same process first
-                    left_running.append(process.pid)
-            except psutil.NoSuchProcess:
-                pass
+            if process.pid != pid and _running(process):
+                left_running.add(process.pid)
+                try:
+                    process.kill()  # psutil checks that it is still the same process
+                except psutil.NoSuchProcess:
+                    pass
         if status is None:
             _kill_and_reap(pid)
     stopped = sorted(int(p.name.split("_")[1]) for p in out.glob("stopped_*"))
     return {"moment": moment, "status": status, "stopped": stopped,
-            "left_running": sorted(set(left_running)),
+            "left_running": sorted(left_running),
             "output": (out / "log").read_text(errors="replace")[-1500:]}
 
 
