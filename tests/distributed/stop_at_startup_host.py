@@ -36,7 +36,7 @@ NPROCS = 2
 FORKED_SPAN_S = 0.15
 TORCHRUN_SPAN_S = 3.0
 START_TIMEOUT_S = 60  # for the launcher's report directory
-STOP_TIMEOUT_S = 30  # for the launcher to end after the signal; less than the worker's WAIT_S
+STOP_TIMEOUT_S = 60  # for the launcher to end after the signal; less than the worker's WAIT_S
 FIRST_RANK = "first torchrun rank"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from megatron_cpt.launch.local import run_rank
 from megatron_cpt.train.preemption import StopRequests
 
-WAIT_S = 60
+WAIT_S = 90
 
 
 def _wait_for_stop(stops: StopRequests, out_dir: Path) -> int:
