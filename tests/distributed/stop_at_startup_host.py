@@ -154,12 +154,12 @@ def main(out_dir: str, seed: str, forked: str, torchrun: str) -> int:
     rng = random.Random(int(seed))
     pythonpath = os.pathsep.join([str(Path(__file__).resolve().parent),
                                   os.environ.get("PYTHONPATH", "")])
-    plan = [({"CUDA_VISIBLE_DEVICES": ""}, rng.uniform(0, FORKED_SPAN_S))
-            for _ in range(int(forked))]
-    plan += [({"PYTHONPATH": pythonpath}, FIRST_RANK if i == 0 else rng.uniform(0, TORCHRUN_SPAN_S))
+    forked_env = {"CUDA_VISIBLE_DEVICES": ""}  # ranks_see_no_gpu
+    torchrun_env = {"PYTHONPATH": pythonpath}  # for torchrun's fresh interpreters
+    plan = [("forked", forked_env, rng.uniform(0, FORKED_SPAN_S)) for _ in range(int(forked))]
+    plan += [("torchrun", torchrun_env, FIRST_RANK if i == 0 else rng.uniform(0, TORCHRUN_SPAN_S))
              for i in range(int(torchrun))]
-    for number, (env, moment) in enumerate(plan):
-        kind = "forked" if env.get("CUDA_VISIBLE_DEVICES") == "" else "torchrun"
+    for number, (kind, env, moment) in enumerate(plan):
         result = launch(Path(out_dir) / f"launch_{number}", env, moment)
         print(json.dumps({"kind": kind, **result}), flush=True)
     return 0

@@ -1,7 +1,8 @@
 """A SIGTERM to the local launcher at any moment of its start (from when its handler is in place)
-reaches every rank, which then stops as asked: for forked ranks and for torchrun's. Once, one that
-came while the launcher was still forking its ranks killed the launcher and left the ranks
-running, and one that came before torchrun's ranks had their handlers killed torchrun or a rank.
+reaches every rank, which then stops as asked: for forked ranks and for torchrun's. A launcher
+that installs its handler only after starting its ranks fails here: a SIGTERM while it forks its
+ranks kills it and leaves the ranks running, and one before torchrun's ranks have their handlers
+kills torchrun or a rank.
 
 ``stop_at_startup_host.py`` makes the launches (cheaply: the ranks only wait to be stopped) and
 chooses the moments; a failure names the seed that chose them.
