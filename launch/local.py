@@ -7,7 +7,12 @@ distributed job (no ``WORLD_SIZE`` in the environment).
 - **Stopping.** A SIGTERM to this process is passed once to the ranks themselves, not to torchrun,
   which would SIGKILL them after its shutdown timeout (30 s before torch 2.11) in the middle of the
   stop save. They save after the current step and exit; torchrun then ends normally. Further ones
-  are not passed on, so they cannot cut a checkpoint write short.
+  are not passed on, so they cannot cut a checkpoint write short. No moment of the start loses it:
+  ``run_local``'s handler is in place before anything starts, SIGTERM is blocked while the ranks
+  are started (so torchrun and the ranks begin with it blocked), one that came before a rank
+  exists is passed on when it does, and a rank takes it only once its own handler is in place
+  (``train.preemption.StopRequests.install``). Workers without one take it in ``run_rank``, once
+  their pid file is written: it ends them, and the launcher names the rank it killed.
 - **Lifetime.** torchrun and every rank get the kernel's parent-death signal
   (``process_lifetime.die_with_parent``): if this process dies, even by SIGKILL, torchrun is killed,
   and so is every rank whose torchrun agent is gone, or every forked rank. No rank outlives its job holding memory or a
@@ -36,7 +41,7 @@ from typing import Callable, Optional
 
 from megatron_cpt.errors import RunFailure, UserError, one_line
 from megatron_cpt.launch.failures import EXIT_FAILED, explain_failure
-from megatron_cpt.process_lifetime import die_with_parent
+from megatron_cpt.process_lifetime import die_with_parent, sigterm_blocked, unblock_sigterm
 
 # How long torchrun lets its ranks finish a checkpoint after SIGTERM before it kills them.
 SHUTDOWN_TIMEOUT_S = 1800
@@ -66,36 +71,38 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
     """
     from megatron_cpt.run_files import read_starts
 
-    from megatron_cpt.launch.rank_processes import ForkedRanks, TorchrunRanks, ranks_see_no_gpu
+    from megatron_cpt.launch.rank_processes import (ForkedRanks, StopSignal, TorchrunRanks,
+                                                    ranks_see_no_gpu)
 
-    with tempfile.TemporaryDirectory(prefix="megatron-cpt-") as tmp:
-        reports = Path(tmp)
-        child_env = {**os.environ, **(env or {}), REPORT_DIR_ENV: str(reports)}
-        # torchrun sets OMP_NUM_THREADS=1 per rank unless told otherwise: keep the cores busy on CPU.
-        child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
-        child_env.setdefault("PYTHONUNBUFFERED", "1")
-        child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
-        starts_before = len(read_starts(run_dir)) if run_dir else 0
-        if ranks_see_no_gpu(child_env):
-            ranks = ForkedRanks(module, args, nprocs, child_env)
-        else:
-            ranks = TorchrunRanks(module, args, nprocs, child_env)
-        relay = threading.Thread(target=_relay_stderr, args=(ranks.stderr, reports), daemon=True)
-        relay.start()
-        forwarded = []
-
-        def forward_once(signum, _frame):
-            if not forwarded:
-                forwarded.append(signum)
-                ranks.send_signal(signum)
-
-        previous = signal.signal(signal.SIGTERM, forward_once)
-        try:
-            status = ranks.wait()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            relay.join()
-        failure = _job_failure(reports, status)
+    stop = StopSignal()
+    previous = signal.signal(signal.SIGTERM, stop.record)
+    try:
+        with tempfile.TemporaryDirectory(prefix="megatron-cpt-") as tmp:
+            reports = Path(tmp)
+            child_env = {**os.environ, **(env or {}), REPORT_DIR_ENV: str(reports)}
+            # torchrun sets OMP_NUM_THREADS=1 per rank unless told otherwise: keep the cores busy.
+            child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
+            child_env.setdefault("PYTHONUNBUFFERED", "1")
+            child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
+            starts_before = len(read_starts(run_dir)) if run_dir else 0
+            # torchrun and the ranks begin with SIGTERM blocked, and the relay thread keeps it
+            # blocked, so that this (main) thread takes it; one that came meanwhile is recorded on
+            # leaving the block.
+            with sigterm_blocked():
+                if ranks_see_no_gpu(child_env):
+                    ranks = ForkedRanks(module, args, nprocs, child_env)
+                else:
+                    ranks = TorchrunRanks(module, args, nprocs, child_env)
+                relay = threading.Thread(target=_relay_stderr, args=(ranks.stderr, reports),
+                                         daemon=True)
+                relay.start()
+            try:
+                status = ranks.wait(stop)
+            finally:
+                relay.join()
+            failure = _job_failure(reports, status)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if failure is not None:
         raise failure
     if run_dir:
@@ -148,6 +155,9 @@ def run_rank(main: Callable[[], int], verb: str) -> int:
     reports = os.environ.get(REPORT_DIR_ENV)
     if reports:
         (Path(reports) / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    # A worker without a SIGTERM handler of its own is ended by one from here on, and then named
+    # by the launcher from its pid file. (The training worker took SIGTERM earlier, handled.)
+    unblock_sigterm()
     quiet_known_warnings()
     if not debugging():
         # Its writer logs the error it then raises, which is reported here in one line.

@@ -1,5 +1,5 @@
 """The local ranks of ``run_local``, started one of two ways behind one interface (``stderr``,
-``send_signal``, ``wait``):
+``wait``):
 
 - ``TorchrunRanks``: torchrun (``--standalone``) starts each rank as a fresh interpreter. Used
   whenever the ranks may use a GPU: a process that has touched CUDA cannot be forked.
@@ -12,6 +12,11 @@
   (one node, ``MASTER_ADDR`` 127.0.0.1 and a free port), each rank in a session of its own, and
   when a rank fails, SIGTERM to the others and SIGKILL after torchrun's shutdown timeout
   (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``).
+
+Both are started with SIGTERM blocked (``run_local``), which the ranks inherit: a SIGTERM sent to a
+rank waits until the rank takes it (``process_lifetime.unblock_sigterm``). ``wait`` passes the
+launcher's first SIGTERM (``StopSignal``) to each rank once, as soon as the rank exists: torchrun
+starts its ranks seconds after it starts, and keeps SIGTERM blocked itself.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 from megatron_cpt.process_lifetime import die_with_parent
 
@@ -36,38 +41,58 @@ PRELOAD = ("torch", "torch.distributed", "megatron.core.parallel_state",
            "megatron.core.models.gpt", "megatron.core.dist_checkpointing")
 # Exit statuses that end a rank as planned: done, or stopped with a checkpoint (75).
 _PLANNED_EXITS = (0, 75)
+# How often ``wait`` looks for ended ranks and for a stop signal to pass on.
+_POLL_S = 0.05
 
 
 def ranks_see_no_gpu(env: dict[str, str]) -> bool:
     return env.get("CUDA_VISIBLE_DEVICES") == ""
 
 
+class StopSignal:
+    """The first SIGTERM the launcher got. Its handler (``record``) only notes it; the ranks'
+    ``wait`` passes it on. Later ones are not passed on: they could cut the stop save short."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+
+    def record(self, signum: int, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+
 class TorchrunRanks:
     def __init__(self, module: str, args: list[str], nprocs: int, env: dict[str, str]):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={nprocs}", "--no-python", sys.executable, "-m", module, *args]
+        self._nprocs = nprocs
         self._torchrun = subprocess.Popen(
             command, env=env, stderr=subprocess.PIPE,
             preexec_fn=functools.partial(die_with_parent, os.getpid()))
         self.stderr: BinaryIO = self._torchrun.stderr
 
-    def send_signal(self, signum: int) -> None:
-        """To torchrun's ranks (its children): they save, exit, and torchrun ends with them.
-        Before any rank has started, to torchrun."""
+    def wait(self, stop: StopSignal) -> int:
+        """torchrun's exit status. A stop signal goes to torchrun's ranks (its children), not to
+        torchrun: they save, exit, and torchrun ends with them. Ranks that torchrun has not started
+        yet get it when they appear."""
+        signalled: set[int] = set()
+        while self._torchrun.poll() is None:
+            if stop.signum is not None and len(signalled) < self._nprocs:
+                self._signal_new_ranks(stop.signum, signalled)
+            time.sleep(_POLL_S)
+        return self._torchrun.returncode
+
+    def _signal_new_ranks(self, signum: int, signalled: set[int]) -> None:
         import psutil
 
         try:
             ranks = psutil.Process(self._torchrun.pid).children()
         except psutil.NoSuchProcess:
             return
-        for process in ranks or [psutil.Process(self._torchrun.pid)]:
-            try:
-                process.send_signal(signum)
-            except psutil.NoSuchProcess:
-                pass
-
-    def wait(self) -> int:
-        return self._torchrun.wait()
+        for rank in ranks:
+            if rank.pid not in signalled:
+                signalled.add(rank.pid)
+                _kill(rank.pid, signum)
 
 
 class ForkedRanks:
@@ -86,6 +111,7 @@ class ForkedRanks:
         sys.stdout.flush()  # else each rank would write what this process had buffered again
         sys.stderr.flush()
         read_end, write_end = os.pipe()
+        launcher = os.getpid()
         self.pids: list[int] = []
         for rank in range(nprocs):
             rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank),
@@ -94,27 +120,28 @@ class ForkedRanks:
             pid = os.fork()
             if pid == 0:
                 os.close(read_end)
-                _run_rank(module, args, rank_env, write_end)  # never returns
+                _run_rank(module, args, rank_env, write_end, launcher)  # never returns
             self.pids.append(pid)
         os.close(write_end)
         self.stderr: BinaryIO = os.fdopen(read_end, "rb", buffering=0)
 
-    def send_signal(self, signum: int) -> None:
-        for pid in self.pids:
-            _kill(pid, signum)
-
-    def wait(self) -> int:
+    def wait(self, stop: StopSignal) -> int:
         """0 when every rank ended as planned, else the first other status; after the first
-        rank that did not, the others get SIGTERM, and SIGKILL after the shutdown timeout."""
-        running, status, kill_at = set(self.pids), 0, None
+        rank that did not, the others get SIGTERM, and SIGKILL after the shutdown timeout. A stop
+        signal is passed to every rank still running."""
+        running, status, kill_at, stop_passed = set(self.pids), 0, None, False
         while running:
+            if stop.signum is not None and not stop_passed:
+                stop_passed = True
+                for pid in running:
+                    _kill(pid, stop.signum)
             pid, wait_status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 if kill_at is not None and time.monotonic() > kill_at:
                     for other in running:
                         _kill(other, signal.SIGKILL)
                     kill_at = None
-                time.sleep(0.05)
+                time.sleep(_POLL_S)
                 continue
             if pid not in running:
                 continue
@@ -128,11 +155,13 @@ class ForkedRanks:
         return status
 
 
-def _run_rank(module: str, args: list[str], env: dict[str, str], stderr_fd: int) -> None:
+def _run_rank(module: str, args: list[str], env: dict[str, str], stderr_fd: int,
+              launcher: int) -> None:
     """In a forked child: ``python -m module args`` as rank ``env["RANK"]``, then exit without
-    returning into the launcher's code."""
+    returning into the launcher's code. SIGTERM stays blocked until the module takes it."""
     status = 1
     try:
+        die_with_parent(launcher)
         os.setsid()  # as torchrun's ranks: a terminal's Ctrl-C goes to the launcher alone
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)

@@ -6,10 +6,15 @@ thread, no polling and no cooperation from the parent, which is why it is used h
 watcher. Its one subtlety: "parent" is the thread that forked the child, so it is only set in
 processes started from a process's main thread (all of ours are). Elsewhere (not Linux) these calls
 do nothing.
+
+The ranks of a local launch start with SIGTERM blocked (``sigterm_blocked``, inherited through
+fork and exec): a SIGTERM sent to a rank before it can stop cleanly waits, pending, until the rank
+has its handler and calls ``unblock_sigterm``, instead of killing it or being lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -37,3 +42,20 @@ def ignore_stop_signals() -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def sigterm_blocked():
+    """SIGTERM held back in this thread, and in the threads and processes it starts meanwhile
+    (they inherit the mask); one that came in is delivered on leaving."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def unblock_sigterm() -> None:
+    """Take SIGTERM from now on; one sent while it was blocked arrives now. A rank calls it once
+    its SIGTERM handler is in place (or, without one, once it may be killed by it)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

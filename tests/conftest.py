@@ -3,6 +3,7 @@ byte-token dataset, the tiny recipe's initial weights, and the uninterrupted run
 or rearranged runs are compared with (a run is a pure function of its recipe and overrides, so
 the same overrides give the same run whichever test asks first)."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,19 @@ def reference_run(tmp_path_factory):
 
     return run
 
+
+@pytest.fixture(autouse=True)
+def _gpu_visibility_restored():
+    """The convert and eval commands hide the GPUs from their own process
+    (``CUDA_VISIBLE_DEVICES=""``). Run in-process by a test, they would leave it so for the tests
+    after it on the same worker, whose local launches would then fork their ranks instead of
+    starting torchrun."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    yield
+    if before is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def pytest_xdist_make_scheduler(config, log):

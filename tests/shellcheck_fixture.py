@@ -17,5 +17,5 @@ def assert_shellcheck_clean(text: str, tmp_path: Path) -> None:
         pytest.skip("shellcheck is not installed")
     path = tmp_path / "script.sh"
     path.write_text(text)
-    proc = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout

@@ -27,6 +27,7 @@ from enum import IntEnum
 from typing import Callable, Optional
 
 from megatron_cpt.launch.failures import EXIT_FAILED
+from megatron_cpt.process_lifetime import unblock_sigterm
 
 EXIT_RESUMABLE = 75
 
@@ -79,13 +80,15 @@ class StopRequests:
 
     def install(self) -> None:
         """Installed first thing in every rank (``train.worker``), before the heavy imports and
-        set-up: a stop signal during set-up is kept, and the run stops after its first step."""
+        set-up: a stop signal during set-up is kept, and the run stops after its first step.
+        One sent before (the ranks of a local launch start with SIGTERM blocked) arrives here."""
         signal.signal(signal.SIGTERM, self._on_signal)
         read_end, write_end = os.pipe()
         os.set_blocking(write_end, False)
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         threading.Thread(target=self._watch, args=(read_end,), name="stop-watchdog",
                          daemon=True).start()
+        unblock_sigterm()  # last: a pending SIGTERM finds the handler and the watchdog in place
 
     def _watch(self, read_end: int) -> None:
         """Wake on the first stop signal, whatever the main thread is doing, and give it the

@@ -1,6 +1,6 @@
 """A rank whose stop takes longer than torchrun's shutdown timeout: on SIGTERM it "saves" for
 SAVE_S seconds, then writes OUT_DIR/saved_<rank> and exits 0. It writes OUT_DIR/started_<rank> once
-its handler is in place.
+its handler is in place and it takes SIGTERM (ranks of a local launch start with it blocked).
 
     python -m slow_stop_worker OUT_DIR   (one rank of torchrun)
 """
@@ -11,12 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-SAVE_S = 6
+from megatron_cpt.process_lifetime import unblock_sigterm
+
+SAVE_S = 3
 
 
 def main(out_dir: str) -> int:
     stop = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+    unblock_sigterm()
     rank = os.environ["RANK"]
     Path(out_dir, f"started_{rank}").touch()
     deadline = time.monotonic() + 120

@@ -45,7 +45,7 @@ def world(tmp_path_factory, byte_data, tiny_initial_weights):
     subprocess.run([sys.executable, "-m", "megatron_cpt", "data", "prepare", "--input",
                     str(root / "corpus.jsonl"), "--output-prefix", str(root / "big_vocab_tokens"),
                     "--tokenizer", f"hf:{root / 'big_tokenizer'}", "--no-progress"], check=True,
-                   capture_output=True)
+                   capture_output=True, timeout=300)
     return {
         "root": root, "train": train_args, "init": init, "hf": hf,
         "init_incomplete": _damaged_copy(init, root / "init_incomplete",

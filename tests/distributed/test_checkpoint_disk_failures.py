@@ -34,12 +34,12 @@ STEPS = 8
 
 def _mount(target, options: str) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], check=True,
-                   capture_output=True)
+                   capture_output=True, timeout=60)
 
 
 def _remount(target, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(target)], check=True,
-                   capture_output=True)
+                   capture_output=True, timeout=60)
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def small_disk(tmp_path):
     target.mkdir()
     _mount(target, "size=2m")
     yield target
-    subprocess.run(["umount", "-l", str(target)], capture_output=True)
+    subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=60)
 
 
 def _start(args: list[str]) -> subprocess.CompletedProcess:

@@ -31,7 +31,7 @@ def test_conversion_and_verify_build_no_transformer_engine_layer(tmp_path):
     probe = subprocess.run(
         [sys.executable, "-c", "from megatron_cpt.model.backend import resolve_attention_backend; "
                                "print(resolve_attention_backend('auto'))"],
-        capture_output=True, text=True, env={**os.environ, **env})
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
     assert probe.stdout.strip() == "te", probe.stderr[-2000:]
 
     hf = make_hf_llama(tmp_path / "hf", vocab=256, layers=2)

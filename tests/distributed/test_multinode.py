@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from harness import TINY_RECIPE, free_port, losses, train
+from harness import TINY_RECIPE, free_port, kill_tree, losses, train
 from token_fixtures import byte_run_overrides
 
 from megatron_cpt.config import load_recipe
@@ -31,11 +31,22 @@ def test_two_nodes_match_one_node(tmp_path, byte_data):
                                endpoint=f"127.0.0.1:{free_port()}", rdzv_id="two-nodes",
                                join_timeout_s=120, recipe_path=str(recipe_path))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    nodes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
-    outputs = [node.communicate(timeout=600)[0] for node in nodes]
-    for node, output in zip(nodes, outputs):
-        assert node.returncode == 0, output[-6000:]
+    logs = [tmp_path / f"node_{node}.log" for node in range(2)]
+    nodes = []
+    try:
+        for log_path in logs:
+            with open(log_path, "w") as log:
+                nodes.append(subprocess.Popen(command, env=env, stdout=log,
+                                              stderr=subprocess.STDOUT))
+        for node in nodes:
+            node.wait(timeout=600)
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                kill_tree(node.pid)
+                node.wait()
+    for node, log_path in zip(nodes, logs):
+        assert node.returncode == 0, log_path.read_text()[-6000:]
     assert len(losses(two_nodes)) == 6
     assert losses(two_nodes) == losses(one_node)
 

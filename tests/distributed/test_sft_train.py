@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
 from data_fixtures import many_docs, write_jsonl  # noqa: E402
-from harness import REPO, metrics, run_cli, train  # noqa: E402
+from harness import REPO, kill_tree, metrics, run_cli, train  # noqa: E402
 
 from megatron_cpt.cli import main  # noqa: E402
 from megatron_cpt.train.preemption import EXIT_RESUMABLE  # noqa: E402
@@ -114,9 +114,14 @@ def test_a_killed_run_resumes_to_the_same_losses_bitwise(sft):
     with open(sft / "killed.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "megatron_cpt", "train", str(RECIPE),
                                  *_overrides(sft, "killed")], stdout=log, stderr=subprocess.STDOUT)
-        _wait_for_steps(run_dir, proc, 3)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=300) == EXIT_RESUMABLE
+        try:
+            _wait_for_steps(run_dir, proc, 3)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=300) == EXIT_RESUMABLE
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+                proc.wait()
     train(_overrides(sft, "killed"), recipe=RECIPE)
     keys = ("step", "loss", "grad_norm", "batch_digest", "val_loss", "tokens")
     reference = [{k: r.get(k) for k in keys} for r in metrics(sft / "reference")]

@@ -101,20 +101,21 @@ class SlurmCluster:
 
     def scontrol_state(self) -> str:
         proc = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%T"], env=self.env,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=60)
         return proc.stdout.strip()
 
     def job_field(self, job_id: str, field: str) -> str:
         """One ``Key=Value`` field of ``scontrol show job`` (kept MinJobAge s after the end)."""
         out = subprocess.run(["scontrol", "show", "job", job_id], env=self.env,
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True, timeout=60).stdout
         for word in out.split():
             if word.startswith(field + "="):
                 return word.split("=", 1)[1]
         return ""
 
     def stop(self) -> None:
-        subprocess.run(["scancel", "--full", "--user=root"], env=self.env, capture_output=True)
+        subprocess.run(["scancel", "--full", "--user=root"], env=self.env, capture_output=True,
+                       timeout=60)
         for name in ("slurmd", "slurmctld", "munged"):
             pid_file = self.root / f"{name}.pid"
             if pid_file.is_file():

@@ -21,13 +21,13 @@ pytestmark = pytest.mark.slurm
 
 def _array_states(cluster, job: str) -> list[str]:
     out = subprocess.run(["scontrol", "show", "job", job], env=cluster.env, capture_output=True,
-                         text=True).stdout
+                         text=True, timeout=60).stdout
     return [word.split("=", 1)[1] for word in out.split() if word.startswith("JobState=")]
 
 
 def _queued(cluster, job: str) -> bool:
     out = subprocess.run(["squeue", "-h", "-j", job], env=cluster.env, capture_output=True,
-                         text=True).stdout
+                         text=True, timeout=60).stdout
     return bool(out.strip())
 
 
@@ -48,14 +48,15 @@ def test_two_point_sweep_runs_as_one_job_array(slurm, tmp_path, tiny_initial_wei
     script = sweep / "sweep.sbatch"
     assert "#SBATCH --array=0-2\n" in script.read_text()
     test_only = subprocess.run(["sbatch", "--test-only", str(script)], env=slurm.env,
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, timeout=60)
     assert test_only.returncode == 0 and "to start at" in test_only.stderr, test_only.stderr
 
     job = next(word.split("_")[0] for word in out.stdout.split() if word[:1].isdigit() and "_" in word)
     deadline = time.monotonic() + 600
     while _queued(slurm, job):
         assert time.monotonic() < deadline, subprocess.run(
-            ["scontrol", "show", "job", job], env=slurm.env, capture_output=True, text=True).stdout
+            ["scontrol", "show", "job", job], env=slurm.env, capture_output=True, text=True,
+            timeout=60).stdout
         time.sleep(1)
     assert _array_states(slurm, job) == ["COMPLETED"] * 3
 

@@ -35,7 +35,7 @@ def _wait_for(predicate, timeout: float, what: str, cluster=None, job=None):
     detail = ""
     if cluster is not None and job is not None:
         detail = subprocess.run(["scontrol", "show", "job", job], env=cluster.env,
-                                capture_output=True, text=True).stdout
+                                capture_output=True, text=True, timeout=60).stdout
         log = (cluster.root / "slurmctld.log").read_text().splitlines()[-25:]
         detail += "\n--- slurmctld.log\n" + "\n".join(log)
     raise AssertionError(f"timed out waiting for {what}\n{detail}")
@@ -71,7 +71,7 @@ def _write_script(recipe: Path, overrides: list[str], run_dir: Path, tasks: str 
 
 def _sbatch(slurm, script: Path, *options: str) -> str:
     proc = subprocess.run(["sbatch", "--parsable", *options, str(script)], env=slurm.env,
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, timeout=60)
     return proc.stdout.strip().split(";")[0]
 
 
@@ -94,7 +94,7 @@ def _run_until_done(slurm, job: str, timeout: float = 600, until_restarts: int |
         if state == "PENDING" and restarts > released and slurm.scontrol_state().startswith("idle"):
             time.sleep(3)
             subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=slurm.env,
-                           check=True)
+                           check=True, timeout=60)
             released = restarts
         if time.monotonic() > deadline:
             _wait_for(lambda: False, 0, f"job {job} to end", slurm, job)
@@ -158,7 +158,8 @@ def _warn_after_interval_save(slurm, job: str, run_dir: Path, start: int) -> Non
                    for r in metrics(run_dir))
 
     _wait_for(saved_in_this_start, 300, f"an interval save in start {start}", slurm, job)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm.env, check=True)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm.env, check=True,
+                   timeout=60)
     _wait_for(lambda: int(slurm.job_field(job, "Restarts") or 0) >= start, 300,
               f"the requeue of start {start}", slurm, job)
 
@@ -189,7 +190,7 @@ def test_time_limit_warnings_requeue_until_finished(slurm, common, reference, tm
 
 def _kill_training_step(slurm, job: str) -> None:
     listed = subprocess.run(["scontrol", "listpids", job], env=slurm.env, capture_output=True,
-                            text=True, check=True).stdout.splitlines()[1:]
+                            text=True, check=True, timeout=60).stdout.splitlines()[1:]
     pids = [int(row.split()[0]) for row in listed if row.split()[2].isdigit()]  # not batch/extern
     assert pids, listed
     for pid in pids:
@@ -246,5 +247,5 @@ def test_generated_scripts_pass_test_only(slurm):
     # script needs 8 nodes, which a one-node cluster cannot express (shellcheck covers it).
     script = REPO / "launch" / "llama3_8b_cpt_8xh100_fp8.sbatch"
     proc = subprocess.run(["sbatch", "--test-only", "--partition=debug", str(script)],
-                          env=slurm.env, capture_output=True, text=True, cwd=REPO)
+                          env=slurm.env, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr

@@ -57,7 +57,7 @@ def test_each_task_selects_its_run_dir_recipe_and_module(task, run, module):
     start = next(i for i, line in enumerate(lines) if line.startswith("RUNS=("))
     end = next(i for i, line in enumerate(lines) if line.startswith("PYTHON="))
     selection = "\n".join(lines[start:end]) + '\necho "$RUN_DIR|$RECIPE|$MODULE"\n'
-    proc = subprocess.run(["bash", "-c", selection], capture_output=True, text=True,
+    proc = subprocess.run(["bash", "-c", selection], capture_output=True, text=True, timeout=60,
                           env={"SLURM_ARRAY_TASK_ID": str(task), "PATH": os.environ["PATH"]})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"/sweeps/demo/{run}|/sweeps/demo/{run}/recipe.yaml|{module}"

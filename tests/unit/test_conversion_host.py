@@ -18,7 +18,8 @@ from megatron_cpt.launch import local
 
 @pytest.fixture
 def launches(monkeypatch):
-    """Record run_local calls instead of starting ranks; restore CUDA_VISIBLE_DEVICES afterwards."""
+    """Record run_local calls instead of starting ranks, with CUDA_VISIBLE_DEVICES unset (the
+    suite's conftest.py restores it afterwards)."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     calls = []
     monkeypatch.setattr(local, "run_local",

@@ -45,7 +45,7 @@ def test_only_the_images_cuda_stack_stays_pinned(tmp_path):
     constraints = tmp_path / "constraint.txt"
     constraints.write_text(IMAGE_CONSTRAINTS)
     kept = subprocess.run(["grep", "-iE", _arg("IMAGE_STACK"), str(constraints)],
-                          capture_output=True, text=True, check=True).stdout.split()
+                          capture_output=True, text=True, check=True, timeout=60).stdout.split()
     assert [line.split("==")[0] for line in kept] == [
         "torch", "torchvision", "pytorch-triton", "transformer_engine", "transformer_engine_cu12",
         "apex", "flash_attn", "nvidia-cudnn-frontend", "numpy"]

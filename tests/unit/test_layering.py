@@ -19,5 +19,5 @@ def test_profile_imports_nothing_from_train():
             "    importlib.import_module(name)\n"
             "print(sorted(m for m in sys.modules if m.startswith('megatron_cpt.train')))\n")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True, timeout=120).stdout
     assert out.strip() == "[]", out

@@ -176,7 +176,7 @@ def test_module_decides_once_per_start(tmp_path, monkeypatch):
 
     def decide():
         return subprocess.run([sys.executable, "-m", "megatron_cpt.launch.requeue", str(recipe)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=120)
 
     proc = decide()
     assert proc.returncode == 0, proc.stderr
