@@ -10,8 +10,8 @@ its own tokens at its own positions, and greedy decoding gives the tokens transf
 gives on the same weights.
 
 Per step the last pipeline stage picks each sequence's next token (``sampling.choose_token``) and
-broadcasts the tokens to every rank; global rank 0 (the server) is then asked which sequences
-stop (stop strings, a client gone) and broadcasts that.
+broadcasts the tokens to every rank of the model-parallel group; its first rank (the server's)
+is then asked which sequences stop (stop strings, a client gone) and broadcasts that.
 
 Why not megatron-core's own engine (``megatron/core/inference/``, 0.16.1) on CPU ranks:
 ``communication_utils.py`` line 31 asserts ``tensor.is_cuda`` for every pipeline broadcast
@@ -59,6 +59,7 @@ def _forward(chunks, context: StaticInferenceContext, tokens: torch.Tensor) -> O
     kept = []
 
     def forward_step(_iterator, model):
+        # Logits gathered over TP: [batch, 1 (the last token), padded vocabulary] on every TP rank.
         output = model(tokens, positions, None, inference_context=context,
                        runtime_gather_output=True)
 
@@ -75,20 +76,23 @@ def _forward(chunks, context: StaticInferenceContext, tokens: torch.Tensor) -> O
     return kept[0] if kept else None
 
 
-def _sampling_rank() -> int:
-    """The global rank that broadcasts the chosen tokens: TP rank 0 of the last pipeline stage."""
+def _model_parallel_ranks() -> tuple[object, int, int]:
+    """This rank's model-parallel group (TP x PP), the global rank that broadcasts the chosen
+    tokens in it (TP rank 0 of the last pipeline stage) and its first rank (the observer's)."""
+    group = parallel_state.get_model_parallel_group()
+    ranks = dist.get_process_group_ranks(group)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    return (pp - 1) * tp
+    return group, ranks[(pp - 1) * tp], ranks[0]
 
 
+@torch.no_grad()
 def generate_tokens(chunks, sequences: list[Sequence], vocab_size: int,
                     on_step: Optional[StepObserver] = None) -> list[list[int]]:
-    """Collective over all ranks (each passes the same ``sequences``): the tokens generated for
-    each sequence, a stop token included where one ended it. ``on_step`` is called on global rank
-    0 only."""
-    if parallel_state.get_data_parallel_world_size() != 1:
-        raise ValueError("generation runs on TP x PP ranks without data parallelism")
+    """Collective over a model-parallel group (each rank passes the same ``sequences``; data-
+    parallel replicas, if any, each generate the same): the tokens generated for each sequence, a
+    stop token included where one ended it. ``on_step`` is called on the group's first rank."""
+    group, source, observer = _model_parallel_ranks()
     batch = len(sequences)
     prompts = [list(s.prompt) for s in sequences]
     total = max(len(p) + s.params.max_new_tokens for p, s in zip(prompts, sequences))
@@ -97,7 +101,6 @@ def generate_tokens(chunks, sequences: list[Sequence], vocab_size: int,
     generated: list[list[int]] = [[] for _ in sequences]
     done = [False] * batch
     last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-    source = _sampling_rank()
     start = min(len(p) for p in prompts)
     tokens = torch.tensor([p[:start] for p in prompts], dtype=torch.long)
     position = start  # the position whose token is decided next
@@ -112,7 +115,7 @@ def generate_tokens(chunks, sequences: list[Sequence], vocab_size: int,
                 elif not done[row]:
                     chosen[row] = choose_token(logits[row, :vocab_size], sequence.params,
                                                generators[row])
-        dist.broadcast(chosen, src=source)
+        dist.broadcast(chosen, src=source, group=group)
         chosen = chosen.cpu()
         new_tokens: list[Optional[int]] = [None] * batch
         for row, sequence in enumerate(sequences):
@@ -124,10 +127,10 @@ def generate_tokens(chunks, sequences: list[Sequence], vocab_size: int,
             done[row] = (token in sequence.params.stop_token_ids
                          or len(generated[row]) >= sequence.params.max_new_tokens)
         stop = torch.zeros(batch, dtype=torch.uint8)
-        if on_step is not None and dist.get_rank() == 0:
+        if on_step is not None and dist.get_rank() == observer:
             stop = torch.tensor(on_step(new_tokens), dtype=torch.uint8)
         stop = stop.to(device)
-        dist.broadcast(stop, src=0)
+        dist.broadcast(stop, src=observer, group=group)
         done = [d or bool(s) for d, s in zip(done, stop.tolist())]
         if position + 1 >= total:
             break
