@@ -34,7 +34,7 @@ def test_greedy_tokens_equal_transformers_at_tp1_tp2_pp2(tiny_chat_checkpoint, t
     hf, ckpt = tiny_chat_checkpoint
     tokenizer = AutoTokenizer.from_pretrained(hf)
     chat = tokenizer.apply_chat_template(
-        [{"role": "system", "content": "w20 w21"}, {"role": "user", "content": "w30 w31 w32"}],
+        [{"role": "system", "content": "w50 w51"}, {"role": "user", "content": "w30 w31 w32"}],
         tokenize=False, add_generation_prompt=True)
     requests = [{"prompt": [5, 17, 42, 99, 3], "stop": [2]},
                 {"prompt": [7, 8], "stop": [2]},
