@@ -1,0 +1,152 @@
+"""``megatron-cpt serve`` as a user runs it: the tiny chat model on 2 CPU ranks (TP2), asked by the
+``openai`` Python client. Greedy chat answers equal transformers' on the Hugging Face model the
+checkpoint was converted from; streamed answers equal the whole ones; two requests at once each get
+their own answer; a bad request is an HTTP 400 and the server goes on; bad input at start is one
+line and exit 2; SIGTERM ends the request in flight, then the launcher and both ranks, exit 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from harness import free_port, kill_tree
+from serve_fixtures import END_OF_TURN
+
+from megatron_cpt.cli import main
+
+KEY = "test-key"
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def server(tiny_chat_checkpoint, tmp_path_factory):
+    hf, ckpt = tiny_chat_checkpoint
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [sys.executable, "-m", "megatron_cpt", "serve", "--ckpt-dir", str(ckpt),
+               "--tokenizer", f"hf:{hf}", "--tp", "2", "--cpu", "--port", str(port),
+               "--api-key", KEY, "--model-name", "tiny", "--stop-token-id", str(END_OF_TURN)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while "serve: listening on" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        yield proc, port, log, hf, ckpt
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+        proc.wait(timeout=60)
+
+
+def _client(port: int):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, timeout=120, max_retries=0)
+
+
+def _expected_answer(hf: Path, messages: list[dict]) -> str:
+    """transformers' greedy answer on the Hugging Face model, stopped at the end of turn."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=NEW_TOKENS, eos_token_id=[2, END_OF_TURN], pad_token_id=0)
+    return tokenizer.decode(out[0, ids.size(1):], skip_special_tokens=True)
+
+
+CHATS = [[{"role": "user", "content": "w30 w31 w32"}],
+         [{"role": "system", "content": "w50"}, {"role": "user", "content": "w60"},
+          {"role": "assistant", "content": "w61 w62"}, {"role": "user", "content": "w63"}]]
+
+
+def _ask(port: int, messages: list[dict]) -> str:
+    response = _client(port).chat.completions.create(
+        model="tiny", messages=messages, max_tokens=NEW_TOKENS, temperature=0)
+    assert response.usage.completion_tokens <= NEW_TOKENS
+    return response.choices[0].message.content
+
+
+def test_chat_answers_equal_transformers_streamed_or_not_and_concurrent(server):
+    proc, port, log, hf, _ = server
+    expected = [_expected_answer(hf, messages) for messages in CHATS]
+    assert all(expected)
+    assert _ask(port, CHATS[0]) == expected[0]
+    stream = _client(port).chat.completions.create(
+        model="tiny", messages=CHATS[1], max_tokens=NEW_TOKENS, temperature=0, stream=True)
+    chunks = [chunk.choices[0] for chunk in stream]
+    assert len([c for c in chunks if c.delta.content]) >= 2
+    assert "".join(c.delta.content or "" for c in chunks) == expected[1]
+    assert chunks[-1].finish_reason in ("stop", "length")
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda m: _ask(port, m), CHATS))
+    assert answers == expected
+    assert "serve: /v1/chat/completions 200 prompt_tokens=" in log.read_text()
+
+
+def test_bad_request_is_a_400_and_the_server_goes_on(server):
+    from openai import BadRequestError
+
+    _, port, _, _, _ = server
+    with pytest.raises(BadRequestError) as caught:
+        _client(port).chat.completions.create(model="other", messages=CHATS[0], max_tokens=2)
+    assert "'other' is not served here" in caught.value.body["message"]
+    with pytest.raises(BadRequestError) as caught:
+        _client(port).completions.create(model="tiny", prompt="w30", max_tokens=2,
+                                         extra_body={"bogus": 1})
+    assert "bogus" in caught.value.body["message"]
+    assert _client(port).completions.create(model="tiny", prompt="w30", max_tokens=2).usage \
+        .completion_tokens >= 1
+
+
+def _start_error(capsys, args: list[str]) -> str:
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_bad_input_at_start_is_one_line(server, capsys, tmp_path):
+    _, port, _, hf, ckpt = server
+    good = ["--ckpt-dir", str(ckpt), "--tokenizer", f"hf:{hf}"]
+    assert "--ckpt-dir /nowhere: no such directory" in _start_error(
+        capsys, ["--ckpt-dir", "/nowhere", "--tokenizer", f"hf:{hf}"])
+    assert f"--tokenizer hf:{tmp_path}: no transformers tokenizer there" in _start_error(
+        capsys, [*good[:2], "--tokenizer", f"hf:{tmp_path}"])
+    assert "--tp/--pp: 3 does not divide the 4 attention heads" in _start_error(
+        capsys, [*good, "--tp", "3"])
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in _start_error(
+        capsys, [*good, "--port", str(port)])
+
+
+def test_sigterm_ends_the_request_in_flight_then_every_rank(server):
+    proc, port, log, _, _ = server
+    ranks = psutil.Process(proc.pid).children(recursive=True)
+    assert len(ranks) >= 2
+    stream = _client(port).completions.create(model="tiny", prompt="w30 w31", max_tokens=40,
+                                              temperature=0, stream=True)
+    chunks = iter(stream)
+    first = next(chunks)
+    proc.send_signal(signal.SIGTERM)
+    rest = list(chunks)
+    assert first.choices[0].text and rest[-1].choices[0].finish_reason in ("stop", "length")
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    assert "serve: stopped" in log.read_text()
+    gone, alive = psutil.wait_procs(ranks, timeout=30)
+    assert not alive, alive
