@@ -37,14 +37,18 @@ setup(
         "tqdm",
         "matplotlib",
         "scipy",  # shape-preserving interpolation of the ALMR study's loss curves
+        # megatron-cpt serve: the OpenAI-compatible HTTP API
+        "fastapi",
+        "uvicorn",
     ],
     # llama-models: Meta's reference Llama-3 ChatFormat and its tokenizer.model, which the chat
     # data tests compare against. lm-evaluation-harness's `hf` model is the reference that
     # `megatron-cpt eval` is checked against (tests/distributed/test_eval.py); [hf] adds accelerate
     # and peft, both satisfied by the torch already installed (the Makefile installs the CPU build
     # first). pytest-xdist runs the suite on 2 workers (tests/conftest.py keeps each module, and all
-    # the Slurm tests, on one worker).
+    # the Slurm tests, on one worker). The openai client and httpx (FastAPI's test client) check
+    # megatron-cpt serve.
     extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist==3.8.0", "llama-models==0.3.0",
-                             "lm-eval[hf]==0.4.13"]},
+                             "lm-eval[hf]==0.4.13", "openai", "httpx"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},
 )

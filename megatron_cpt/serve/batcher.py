@@ -23,6 +23,8 @@ from megatron_cpt.serve.decode import Sequence, generate_tokens
 from megatron_cpt.serve.text import IncrementalText, ServedTokenizer
 
 HEARTBEAT_S = 60.0
+# After the first waiting request, how long others may still join its batch.
+BATCH_WINDOW_S = 0.005
 _IDLE, _STOP = "idle", "stop"
 
 
@@ -45,7 +47,7 @@ class Job:
 
 
 def _broadcast(payload):
-    if dist.get_world_size() == 1:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return payload
     box = [payload]
     dist.broadcast_object_list(box, src=0)
@@ -77,9 +79,10 @@ class Batcher:
                     last = time.monotonic()
                 continue
             jobs = [first]
+            closes = time.monotonic() + BATCH_WINDOW_S
             while len(jobs) < self._max_batch_size:
                 try:
-                    jobs.append(self._queue.get_nowait())
+                    jobs.append(self._queue.get(timeout=max(0.0, closes - time.monotonic())))
                 except queue.Empty:
                     break
             self._generate(jobs)

@@ -58,13 +58,18 @@ def _fake_batcher(tokenizer: ServedTokenizer, seen: list[Job]):
     return submit
 
 
-def _client(tmp_path, template=True, api_key=None):
-    tokenizer = _tokenizer(tmp_path / "tok", template)
+def _client(root, template=True, api_key=None):
+    tokenizer = _tokenizer(root / "tok", template)
     seen: list[Job] = []
     served = ServedModel(name="tiny", max_positions=32, vocab_size=1000, tokenizer=tokenizer,
                          default_max_tokens=16, stop_token_ids=tokenizer.stop_token_ids,
                          submit=_fake_batcher(tokenizer, seen), api_key=api_key)
-    return TestClient(create_app(served)), seen
+    return TestClient(create_app(served)), seen, tokenizer
+
+
+@pytest.fixture(scope="module")
+def chat_client(tmp_path_factory):
+    return _client(tmp_path_factory.mktemp("chat"))
 
 
 def _error(response, status=400) -> str:
@@ -74,8 +79,8 @@ def _error(response, status=400) -> str:
     return body["error"]["message"]
 
 
-def test_chat_answer_stops_at_the_end_of_turn_and_counts_tokens(tmp_path):
-    client, seen = _client(tmp_path)
+def test_chat_answer_stops_at_the_end_of_turn_and_counts_tokens(chat_client):
+    client, seen, _ = chat_client
     response = client.post("/v1/chat/completions", json={
         "model": "tiny", "messages": [{"role": "system", "content": "w50"},
                                       {"role": "user", "content": "w30 w31"}],
@@ -85,13 +90,13 @@ def test_chat_answer_stops_at_the_end_of_turn_and_counts_tokens(tmp_path):
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "w40 w41 w42"}
     assert body["choices"][0]["finish_reason"] == "stop"
     # w3 w5 w50 w4 w3 w6 w30 w31 w4 w3 w7: the template, generation prompt appended
-    assert seen[0].sequence.prompt == (3, 5, 50, 4, 3, 6, 30, 31, 4, 3, 7)
+    assert seen[-1].sequence.prompt == (3, 5, 50, 4, 3, 6, 30, 31, 4, 3, 7)
     assert body["usage"] == {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
-    assert seen[0].sequence.params.greedy and seen[0].sequence.params.max_new_tokens == 16
+    assert seen[-1].sequence.params.greedy and seen[-1].sequence.params.max_new_tokens == 16
 
 
-def test_streamed_completion_and_stop_string(tmp_path):
-    client, seen = _client(tmp_path)
+def test_streamed_completion_and_stop_string(chat_client):
+    client, seen, _ = chat_client
     with client.stream("POST", "/v1/completions", json={
             "model": "tiny", "prompt": "w31 w32", "stream": True, "stop": " w42",
             "max_tokens": 5, "seed": 7, "stream_options": {"include_usage": True}}) as response:
@@ -102,7 +107,7 @@ def test_streamed_completion_and_stop_string(tmp_path):
     assert text == "w40 w41"
     assert [c["finish_reason"] for e in events for c in e["choices"]][-1] == "stop"
     assert events[-1]["usage"]["completion_tokens"] == 3
-    assert seen[0].sequence.params.seed == 7 and seen[0].sequence.params.max_new_tokens == 5
+    assert seen[-1].sequence.params.seed == 7 and seen[-1].sequence.params.max_new_tokens == 5
 
 
 @pytest.mark.parametrize("change, message", [
@@ -117,8 +122,8 @@ def test_streamed_completion_and_stop_string(tmp_path):
     ({"echo": True}, "echo and logprobs are not offered"),
     ({"prompt": [5, 1000]}, "prompt: a token id outside the vocabulary"),
 ])
-def test_bad_requests_are_openai_400s_and_the_server_goes_on(tmp_path, change, message):
-    client, _ = _client(tmp_path)
+def test_bad_requests_are_openai_400s_and_the_server_goes_on(chat_client, change, message):
+    client, _, _ = chat_client
     request = {"model": "tiny", "prompt": "w31 w32", "max_tokens": 2} | change
     assert message in _error(client.post("/v1/completions", json=request))
     ok = client.post("/v1/completions", json={"model": "tiny", "prompt": "w31", "max_tokens": 2})
@@ -126,7 +131,7 @@ def test_bad_requests_are_openai_400s_and_the_server_goes_on(tmp_path, change, m
 
 
 def test_chat_without_a_template_and_the_api_key(tmp_path):
-    client, _ = _client(tmp_path, template=False, api_key="k")
+    client, _, _ = _client(tmp_path, template=False, api_key="k")
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "w1"}]}
     assert "invalid or missing API key" in _error(client.post("/v1/chat/completions", json=chat), 401)
     headers = {"Authorization": "Bearer k"}
@@ -147,3 +152,33 @@ def test_sampling_is_seeded_and_respects_top_k_and_top_p():
     assert len(set(draws(SamplingParams(temperature=1.0)))) >= 3
     first = draws(SamplingParams(temperature=1.0))
     assert first == draws(SamplingParams(temperature=1.0))
+
+
+def test_waiting_requests_are_generated_in_batches(chat_client, monkeypatch):
+    """The batcher takes every waiting request, up to its batch size, into one generation."""
+    from megatron_cpt.serve import batcher as batcher_module
+    from megatron_cpt.serve.decode import Sequence
+
+    batches = []
+
+    def generate(_chunks, sequences, _vocab, on_step):
+        batches.append(len(sequences))
+        generated = [[] for _ in sequences]
+        for step in range(2):
+            stop = on_step([40 + step] * len(sequences))
+            for row, stopped in enumerate(stop):
+                if not stopped:
+                    generated[row].append(40 + step)
+        return generated
+
+    monkeypatch.setattr(batcher_module, "generate_tokens", generate)
+    batcher = batcher_module.Batcher(None, chat_client[2], 1000, max_batch_size=2)
+    outcomes = {}
+    for index, stop in enumerate([(), ("w41",), ()]):
+        params = SamplingParams(max_new_tokens=2)
+        batcher.submit(Job(Sequence((5, 6), params), stop,
+                           lambda delta, outcome, i=index: outcome and outcomes.update({i: outcome})))
+    batcher.run(lambda: False)
+    assert batches == [2, 1]
+    assert [outcomes[i].text for i in range(3)] == ["w40 w41", "w40 ", "w40 w41"]
+    assert [outcomes[i].finish_reason for i in range(3)] == ["length", "stop", "length"]
