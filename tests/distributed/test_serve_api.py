@@ -7,6 +7,7 @@ line and exit 2; SIGTERM ends the request in flight, then the launcher and both 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from serve_fixtures import END_OF_TURN
 from megatron_cpt.cli import main
 
 KEY = "test-key"
+CHROMIUM = "/usr/bin/chromium"
 NEW_TOKENS = 8
 
 
@@ -133,6 +135,50 @@ def test_bad_input_at_start_is_one_line(server, capsys, tmp_path):
         capsys, [*good, "--tp", "3"])
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in _start_error(
         capsys, [*good, "--port", str(port)])
+
+
+def _browser():
+    """Debian's chromium driven by playwright (``playwright install`` cannot download here)."""
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("MEGATRON_CPT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    return sync_playwright()
+
+
+def test_chat_page_streams_a_multi_turn_conversation_in_chromium(server):
+    _, port, _, hf, _ = server
+    with _browser() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#api-key", KEY)
+            page.fill("#system", "w50")
+            page.fill("#max-tokens", str(NEW_TOKENS))
+            # Count the answer's updates: a streamed answer is written in several pieces.
+            page.evaluate("""() => { window.updates = 0; new MutationObserver(
+                (records) => { window.updates += records.length; }).observe(
+                document.getElementById('log'), {childList: true, subtree: true,
+                characterData: true}); }""")
+            conversation = [{"role": "system", "content": "w50"}]
+            for turn, question in enumerate(["w60", "w63"], start=1):
+                page.fill("#question", question)
+                page.click("#send")
+                page.wait_for_selector(f".assistant[data-done='true'] >> nth={turn - 1}")
+                shown = page.locator(".assistant").nth(turn - 1).inner_text()
+                conversation.append({"role": "user", "content": question})
+                assert shown == _expected_answer(hf, conversation), turn
+                conversation.append({"role": "assistant", "content": shown})
+            assert page.evaluate("window.updates") >= 6  # two turns each, then the pieces
+            assert re.fullmatch(r"\d+\.\d tokens/s", page.inner_text("#speed"))
+            assert page.inner_text("#model") == "tiny"
+        finally:
+            browser.close()
 
 
 def test_sigterm_ends_the_request_in_flight_then_every_rank(server):
