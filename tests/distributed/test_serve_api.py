@@ -1,17 +1,25 @@
-"""``megatron-cpt serve`` as a user runs it: the tiny chat model on 2 CPU ranks (TP2), asked by the
-``openai`` Python client. Greedy chat answers equal transformers' on the Hugging Face model the
-checkpoint was converted from; streamed answers equal the whole ones; two requests at once each get
-their own answer; a bad request is an HTTP 400 and the server goes on; bad input at start is one
-line and exit 2; SIGTERM ends the request in flight, then the launcher and both ranks, exit 0."""
+"""Generation and ``megatron-cpt serve`` on the tiny chat model (``serve_fixtures``), fp32.
+
+Greedy generation on the checkpoint (``megatron_cpt/serve/decode.py``) equals transformers'
+``generate`` on the Hugging Face model it was converted from, token for token, at TP1, TP2 and PP2:
+plain prompts of different lengths in one batch, and a chat prompt rendered with the tokenizer's
+chat template that stops at the end of turn.
+
+Then the server as a user runs it, on 2 CPU ranks (TP2), asked by the ``openai`` Python client
+and by the chat page in headless chromium. Greedy chat answers equal transformers'; streamed
+answers equal the whole ones; two requests at once each get their own answer; a bad request is an
+HTTP 400 and the server goes on; bad input at start is one line and exit 2; SIGTERM ends the
+request in flight, then the launcher and both ranks, exit 0."""
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +35,51 @@ from megatron_cpt.cli import main
 KEY = "test-key"
 CHROMIUM = "/usr/bin/chromium"
 NEW_TOKENS = 8
+
+
+@functools.lru_cache(maxsize=1)
+def _hf_model(hf: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+
+
+def _reference(hf: Path, prompt: list[int], stop: list[int]) -> list[int]:
+    model = _hf_model(hf)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=stop,
+                             pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_greedy_tokens_equal_transformers_at_tp1_tp2_pp2(tiny_chat_checkpoint, tmp_path):
+    """Before the server starts (one job of 2 ranks: TP1, TP2, PP2; tests/distributed/generate_layouts.py)."""
+    from transformers import AutoTokenizer
+
+    hf, ckpt = tiny_chat_checkpoint
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "w50 w51"}, {"role": "user", "content": "w30 w31 w32"}],
+        tokenize=False, add_generation_prompt=True)
+    requests = [{"prompt": [5, 17, 42, 99, 3], "stop": [2]},
+                {"prompt": [7, 8], "stop": [2]},
+                {"prompt": tokenizer(chat, add_special_tokens=False)["input_ids"],
+                 "stop": [2, END_OF_TURN]}]
+    assert requests[2]["prompt"][:2] == [3, 5] and requests[2]["prompt"][-2:] == [3, 7]
+    (tmp_path / "requests.json").write_text(json.dumps(requests))
+    script = Path(__file__).with_name("generate_layouts.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", str(script), str(ckpt),
+                           str(tmp_path / "requests.json"), str(tmp_path / "out.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    generated = json.loads((tmp_path / "out.json").read_text())
+    expected = [_reference(hf, r["prompt"], r["stop"]) for r in requests]
+    assert all(len(e) >= 1 for e in expected)
+    for layout in ("tp1", "tp2", "pp2"):
+        assert generated[layout] == expected, layout
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +114,10 @@ def _client(port: int):
 
 def _expected_answer(hf: Path, messages: list[dict]) -> str:
     """transformers' greedy answer on the Hugging Face model, stopped at the end of turn."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(hf)
-    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    model = _hf_model(hf)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
