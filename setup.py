@@ -47,9 +47,10 @@ setup(
     # `megatron-cpt eval` is checked against (tests/distributed/test_eval.py); [hf] adds accelerate
     # and peft, both satisfied by the torch already installed (the Makefile installs the CPU build
     # first). pytest-xdist runs the suite on 2 workers (tests/conftest.py keeps each module, and all
-    # the Slurm tests, on one worker). The openai client, httpx (FastAPI's test client) and
-    # playwright (driving Debian's chromium) check megatron-cpt serve.
+    # the Slurm tests, on one worker). The openai client, httpx (FastAPI's test client), playwright
+    # (driving Debian's chromium) and lm-eval's [api] models (local-chat-completions) check
+    # megatron-cpt serve.
     extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist==3.8.0", "llama-models==0.3.0",
-                             "lm-eval[hf]==0.4.13", "openai", "httpx", "playwright"]},
+                             "lm-eval[hf,api]==0.4.13", "openai", "httpx", "playwright"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},
 )

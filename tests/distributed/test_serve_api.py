@@ -190,6 +190,54 @@ def test_bad_input_at_start_is_one_line(server, capsys, tmp_path):
         capsys, [*good, "--port", str(port)])
 
 
+TASK = """task: served_chat
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["w999"]
+  max_gen_toks: {new_tokens}
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_lm_evaluation_harness_local_chat_completions_runs_a_generation_task(server, tmp_path,
+                                                                             monkeypatch):
+    """lm-evaluation-harness 0.4.13's ``local-chat-completions`` model against the server: the
+    first item's target is the model's own greedy answer, the second's is not, so exact match is
+    1/2 only if every answer came back whole and in order."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    _, port, _, hf, _ = server
+    questions = ["w30 w31 w32", "w70 w71"]
+    right = _expected_answer(hf, [{"role": "user", "content": questions[0]}])
+    rows = [{"question": questions[0], "answer": right},
+            {"question": questions[1], "answer": "w998"}]
+    data = tmp_path / "served_chat.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "served_chat.yaml").write_text(TASK.format(data=data, new_tokens=NEW_TOKENS))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    results = lm_eval.simple_evaluate(
+        model="local-chat-completions",
+        model_args=f"model=tiny,base_url=http://127.0.0.1:{port}/v1/chat/completions,"
+                   f"num_concurrent=2,max_retries=1",
+        tasks=["served_chat"], task_manager=TaskManager(include_path=str(tmp_path)),
+        apply_chat_template=True, num_fewshot=0, log_samples=True)
+    answers = [sample["resps"][0][0] for sample in results["samples"]["served_chat"]]
+    assert sorted(answers)[0] in (right, _expected_answer(hf, [{"role": "user",
+                                                                "content": questions[1]}]))
+    assert results["results"]["served_chat"]["exact_match,none"] == 0.5
+
+
 def _browser():
     """Debian's chromium driven by playwright (``playwright install`` cannot download here)."""
     if not Path(CHROMIUM).is_file():
