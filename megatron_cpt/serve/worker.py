@@ -20,7 +20,7 @@ import time
 import torch.distributed as dist
 
 from megatron_cpt.errors import UserError
-from megatron_cpt.serve.cli import add_arguments, config_from_args, prepare
+from megatron_cpt.serve.options import add_arguments, config_from_args, prepare
 from megatron_cpt.serve.config import ServeConfig
 
 # Seconds uvicorn waits for requests in flight after a stop signal before it closes them.

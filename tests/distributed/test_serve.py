@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from conversion_fixtures import write_tiny_tokenizer
 from harness import free_port, kill_tree
 from serve_fixtures import END_OF_TURN
 
@@ -184,6 +185,11 @@ def test_bad_input_at_start_is_one_line(server, capsys, tmp_path):
         capsys, ["--ckpt-dir", "/nowhere", "--tokenizer", f"hf:{hf}"])
     assert f"--tokenizer hf:{tmp_path}: no transformers tokenizer there" in _start_error(
         capsys, [*good[:2], "--tokenizer", f"hf:{tmp_path}"])
+    other = tmp_path / "other"
+    other.mkdir()
+    write_tiny_tokenizer(other, 2000)
+    assert "2000 tokens, more than the checkpoint's vocabulary of 1000" in _start_error(
+        capsys, [*good[:2], "--tokenizer", f"hf:{other}"])
     assert "--tp/--pp: 3 does not divide the 4 attention heads" in _start_error(
         capsys, [*good, "--tp", "3"])
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in _start_error(
