@@ -167,6 +167,9 @@ async def _answer(served: ServedModel, body, ids: list[int], path: str, chat: bo
         text.append(delta)
         if outcome is not None:
             break
+    if outcome.error:
+        log_request(path, outcome.prompt_tokens, 0, time.monotonic() - started, 500)
+        return JSONResponse(error_body(outcome.error, "server_error"), status_code=500)
     log_request(path, outcome.prompt_tokens, outcome.completion_tokens,
                 time.monotonic() - started)
     choice = ({"index": 0, "message": {"role": "assistant", "content": outcome.text},
@@ -198,6 +201,9 @@ async def _events(served: ServedModel, job: Job, pieces: asyncio.Queue, ident: s
             delta, outcome = await pieces.get()
             if delta:
                 yield event(piece(delta, None))
+        if outcome.error:
+            yield f"data: {json.dumps(error_body(outcome.error, 'server_error'))}\n\n"
+            return
         yield event(piece(None, outcome.finish_reason))
         if include_usage:
             yield event({}, usage(outcome.prompt_tokens, outcome.completion_tokens))

@@ -34,6 +34,7 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" or "length"
+    error: Optional[str] = None  # generation failed: the server stops after answering
 
 
 @dataclasses.dataclass
@@ -85,7 +86,14 @@ class Batcher:
                     jobs.append(self._queue.get(timeout=max(0.0, closes - time.monotonic())))
                 except queue.Empty:
                     break
-            self._generate(jobs)
+            try:
+                self._generate(jobs)
+            except Exception as exc:
+                # The ranks are no longer in step: answer the batch's clients, then fail.
+                for job in jobs:
+                    job.emit("", Outcome("", len(job.sequence.prompt), 0, "error",
+                                         f"generation failed: {exc}"))
+                raise
             last = time.monotonic()
         _broadcast(_STOP)
 

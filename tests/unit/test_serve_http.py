@@ -182,3 +182,19 @@ def test_waiting_requests_are_generated_in_batches(chat_client, monkeypatch):
     assert batches == [2, 1]
     assert [outcomes[i].text for i in range(3)] == ["w40 w41", "w40 ", "w40 w41"]
     assert [outcomes[i].finish_reason for i in range(3)] == ["length", "stop", "length"]
+
+
+def test_a_failed_generation_answers_its_clients_then_fails(chat_client, monkeypatch):
+    from megatron_cpt.serve import batcher as batcher_module
+    from megatron_cpt.serve.decode import Sequence
+
+    def generate(*_args):
+        raise RuntimeError("lost a rank")
+
+    monkeypatch.setattr(batcher_module, "generate_tokens", generate)
+    batcher = batcher_module.Batcher(None, chat_client[2], 1000, max_batch_size=2)
+    outcomes = []
+    batcher.submit(Job(Sequence((5,), SamplingParams()), (), lambda _d, o: outcomes.append(o)))
+    with pytest.raises(RuntimeError, match="lost a rank"):
+        batcher.run(lambda: False)
+    assert outcomes[0].error == "generation failed: lost a rank"
