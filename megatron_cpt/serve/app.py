@@ -101,8 +101,8 @@ def create_app(served: ServedModel) -> FastAPI:
                              "score log-likelihoods with `megatron-cpt eval` (docs/EVAL.md)",
                              "logprobs" if body.logprobs is not None else "echo")
         prompt = body.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:  # lm-eval's local-completions sends batches of one
                 raise BadRequest("prompt: one prompt per request", "prompt")
             prompt = prompt[0]
         ids = served.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)

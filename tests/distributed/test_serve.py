@@ -214,13 +214,13 @@ metric_list:
 """
 
 
-def test_lm_evaluation_harness_local_chat_completions_runs_a_generation_task(server, tmp_path,
-                                                                             monkeypatch):
-    """lm-evaluation-harness 0.4.13's ``local-chat-completions`` model against the server: the
-    first item's target is the model's own greedy answer, the second's is not, so exact match is
-    1/2 only if every answer came back whole and in order."""
+def test_lm_evaluation_harness_runs_a_generation_task(server, tmp_path, monkeypatch):
+    """lm-evaluation-harness 0.4.13's ``local-chat-completions`` and ``local-completions`` models
+    against the server: the first item's target is the model's own greedy answer, the second's is
+    not, so exact match is 1/2 only if every answer came back whole and matched to its item."""
     import lm_eval
     from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
 
     _, port, _, hf, _ = server
     questions = ["w30 w31 w32", "w70 w71"]
@@ -237,10 +237,22 @@ def test_lm_evaluation_harness_local_chat_completions_runs_a_generation_task(ser
         model_args=f"model=tiny,base_url=http://127.0.0.1:{port}/v1/chat/completions,"
                    f"num_concurrent=2,max_retries=1",
         tasks=["served_chat"], task_manager=TaskManager(include_path=str(tmp_path)),
-        apply_chat_template=True, num_fewshot=0, log_samples=True)
-    answers = [sample["resps"][0][0] for sample in results["samples"]["served_chat"]]
-    assert sorted(answers)[0] in (right, _expected_answer(hf, [{"role": "user",
-                                                                "content": questions[1]}]))
+        apply_chat_template=True, num_fewshot=0, cache_requests=False)
+    assert results["results"]["served_chat"]["exact_match,none"] == 0.5
+    # local-completions sends the prompt as token ids (its own tokenizer: the served one).
+    ids = AutoTokenizer.from_pretrained(hf)(questions[0], add_special_tokens=False)["input_ids"]
+    right = AutoTokenizer.from_pretrained(hf).decode(_reference(hf, ids, [2, END_OF_TURN]),
+                                                     skip_special_tokens=True)
+    # lm-eval adds the tokenizer's end-of-text string ("w2") to the stop strings, and the tiny
+    # vocabulary's words w2.. start with it: the answer ends where it first appears.
+    rows[0]["answer"] = right.split("w2")[0]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    results = lm_eval.simple_evaluate(
+        model="local-completions",
+        model_args=f"model=tiny,base_url=http://127.0.0.1:{port}/v1/completions,"
+                   f"tokenizer={hf},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1",
+        tasks=["served_chat"], task_manager=TaskManager(include_path=str(tmp_path)),
+        num_fewshot=0, cache_requests=False)
     assert results["results"]["served_chat"]["exact_match,none"] == 0.5
 
 

@@ -121,6 +121,7 @@ def test_streamed_completion_and_stop_string(chat_client):
     ({"prompt": " ".join(["w5"] * 40)}, "maximum context length is 32 tokens"),
     ({"echo": True}, "echo and logprobs are not offered"),
     ({"prompt": [5, 1000]}, "prompt: a token id outside the vocabulary"),
+    ({"prompt": [[5], [6]]}, "prompt: one prompt per request"),
 ])
 def test_bad_requests_are_openai_400s_and_the_server_goes_on(chat_client, change, message):
     client, _, _ = chat_client
@@ -128,6 +129,14 @@ def test_bad_requests_are_openai_400s_and_the_server_goes_on(chat_client, change
     assert message in _error(client.post("/v1/completions", json=request))
     ok = client.post("/v1/completions", json={"model": "tiny", "prompt": "w31", "max_tokens": 2})
     assert ok.json()["choices"][0]["text"] == "w40 w41"
+
+
+def test_prompt_as_token_ids_in_a_batch_of_one(chat_client):
+    client, seen, _ = chat_client
+    response = client.post("/v1/completions", json={"model": "tiny", "prompt": [[31, 32, 33]],
+                                                     "max_tokens": 2, "temperature": 0})
+    assert response.json()["choices"][0]["text"] == "w40 w41"
+    assert seen[-1].sequence.prompt == (31, 32, 33)
 
 
 def test_chat_without_a_template_and_the_api_key(tmp_path):
