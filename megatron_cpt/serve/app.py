@@ -152,8 +152,14 @@ async def _answer(served: ServedModel, body, ids: list[int], path: str, chat: bo
         raise BadRequest("prompt: a token id outside the vocabulary", "prompt")
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
-    job = Job(Sequence(tuple(ids), params), stop_strings(body.stop),
-              lambda delta, outcome: loop.call_soon_threadsafe(pieces.put_nowait, (delta, outcome)))
+
+    def emit(delta: str, outcome: Optional[Outcome]) -> None:  # on the batcher's thread
+        try:
+            loop.call_soon_threadsafe(pieces.put_nowait, (delta, outcome))
+        except RuntimeError:  # the event loop is closed: nobody is waiting for this answer
+            job.cancelled.set()
+
+    job = Job(Sequence(tuple(ids), params), stop_strings(body.stop), emit)
     started = time.monotonic()
     served.submit(job)
     ident = new_id("chatcmpl" if chat else "cmpl")
