@@ -49,7 +49,7 @@ def serve_this_rank(config: ServeConfig) -> int:
     config, model, parallel, chat = prepare(config)
     leader = os.environ.get("RANK") == "0"
     sock = _listen(config) if leader else None
-    stopping = _catch_stop_signals() if leader else _ignore_stop_signals()
+    stopping = _catch_stop_signals() if leader else threading.Event()
     initialize_parallel(parallel, seed=0)
     try:
         _serve(config, model, parallel, chat, sock, stopping)
@@ -76,10 +76,9 @@ def _catch_stop_signals() -> threading.Event:
     return stopping
 
 
-def _ignore_stop_signals() -> threading.Event:
+def _ignore_stop_signals() -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
-    return threading.Event()
 
 
 def _serve(config: ServeConfig, model, parallel, chat: dict, sock, stopping) -> None:
@@ -88,6 +87,9 @@ def _serve(config: ServeConfig, model, parallel, chat: dict, sock, stopping) -> 
 
     chunks = load_generation_model(config.ckpt_dir, model, parallel)
     if dist.get_rank() != 0:
+        # From here on rank 0 alone decides when to stop (a signal before this ends the rank, as
+        # the launcher's SIGTERM ends the others when one rank fails at start).
+        _ignore_stop_signals()
         follow(chunks, model.vocab_size)
         return
     _lead(config, model, chat, chunks, sock, stopping)
