@@ -1,14 +1,17 @@
-"""Greedy generation on one checkpoint at several layouts in one job of 2 ranks: TP1 (two
+"""Greedy generation on one checkpoint at several layouts in one job of 2 CPU ranks: TP1 (two
 data-parallel replicas generating the same), TP2 and PP2.
 
-    python -m torch.distributed.run --standalone --nproc-per-node=2 \\
-        tests/distributed/generate_layouts.py CKPT REQUESTS.json OUT.json
+    python tests/distributed/generate_layouts.py CKPT REQUESTS.json OUT.json
+
+Started without ``RANK``, it starts the two ranks as the CLI does (``launch/local.py``: forked
+from this process once torch and megatron-core are imported).
 
 REQUESTS.json: ``[{"prompt": [ids], "stop": [ids]}, ...]``, generated as one batch of 8 new tokens
 each; rank 0 writes ``{layout: [[generated ids] per request]}`` to OUT.json.
 """
 
 import json
+import os
 import sys
 
 import torch.distributed as dist
@@ -41,4 +44,9 @@ def main(ckpt: str, requests: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if "RANK" in os.environ:
+        main(*sys.argv[1:])
+    else:
+        from megatron_cpt.launch.local import run_local
+
+        sys.exit(run_local("generate_layouts", sys.argv[1:], 2, env={"CUDA_VISIBLE_DEVICES": ""}))
