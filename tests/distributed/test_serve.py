@@ -228,13 +228,14 @@ def test_lm_evaluation_harness_runs_a_generation_task(server, tmp_path, monkeypa
     data = tmp_path / "served_chat.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "served_chat.yaml").write_text(TASK.format(data=data, new_tokens=NEW_TOKENS))
+    tasks = TaskManager(include_path=str(tmp_path), include_defaults=False)  # ours alone: fast
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     results = lm_eval.simple_evaluate(
         model="local-chat-completions",
         model_args=f"model=tiny,base_url=http://127.0.0.1:{port}/v1/chat/completions,"
                    f"num_concurrent=2,max_retries=1",
-        tasks=["served_chat"], task_manager=TaskManager(include_path=str(tmp_path)),
+        tasks=["served_chat"], task_manager=tasks,
         apply_chat_template=True, num_fewshot=0, cache_requests=False)
     assert results["results"]["served_chat"]["exact_match,none"] == 0.5
     # local-completions sends the prompt as token ids (its own tokenizer: the served one).
@@ -249,7 +250,7 @@ def test_lm_evaluation_harness_runs_a_generation_task(server, tmp_path, monkeypa
         model="local-completions",
         model_args=f"model=tiny,base_url=http://127.0.0.1:{port}/v1/completions,"
                    f"tokenizer={hf},tokenizer_backend=huggingface,num_concurrent=1,max_retries=1",
-        tasks=["served_chat"], task_manager=TaskManager(include_path=str(tmp_path)),
+        tasks=["served_chat"], task_manager=tasks,
         num_fewshot=0, cache_requests=False)
     assert results["results"]["served_chat"]["exact_match,none"] == 0.5
 
