@@ -2,7 +2,7 @@
 generating on the megatron-core model itself (no conversion) at any TP x PP, on GPUs or CPU ranks
 (docs/SERVE.md).
 
-    megatron-cpt serve --ckpt-dir outputs/demo/sft/checkpoints/step_000030 --tokenizer hf:outputs/demo/hf_chat --cpu
+    megatron-cpt serve --ckpt-dir outputs/demo/sft --tokenizer hf:outputs/demo/hf_chat --cpu   # after make demo
     megatron-cpt serve --ckpt-dir runs/cpt --tokenizer hf:/models/Meta-Llama-3-8B --tp 2 --port 8000 --api-key KEY
 
 ``--ckpt-dir`` takes a checkpoint, or a run (or its checkpoints folder): its newest whole
