@@ -207,3 +207,14 @@ def test_a_failed_generation_answers_its_clients_then_fails(chat_client, monkeyp
     with pytest.raises(RuntimeError, match="lost a rank"):
         batcher.run(lambda: False)
     assert outcomes[0].error == "generation failed: lost a rank"
+
+
+def test_a_fine_tuned_checkpoints_template_and_end_of_turn_serve_a_tokenizer_without_them(tmp_path):
+    """``megatron_cpt.json`` ``chat`` of a fine-tuned checkpoint: its template where the tokenizer
+    has none, its end of turn among the stop ids after the tokenizer's end of text."""
+    directory = tmp_path / "tok"
+    directory.mkdir()
+    write_tiny_tokenizer(directory, 1000)
+    tokenizer = ServedTokenizer(directory, (END_OF_TURN,), CHAT_TEMPLATE)
+    assert tokenizer.encode_chat([{"role": "user", "content": "w30"}]) == [3, 6, 30, 4, 3, 7]
+    assert tokenizer.stop_token_ids == (2, END_OF_TURN)
