@@ -13,13 +13,14 @@ Per step the last pipeline stage picks each sequence's next token (``sampling.ch
 broadcasts the tokens to every rank of the model-parallel group; its first rank (the server's)
 is then asked which sequences stop (stop strings, a client gone) and broadcasts that.
 
-Why not megatron-core's own engine (``megatron/core/inference/``, 0.16.1) on CPU ranks (docs/SERVE.md):
-``text_generation_controller.py`` line 1163 records a ``torch.cuda.Event`` in every decoding step
-(on one CPU rank: "Tried to instantiate dummy base class Event"); ``communication_utils.py`` line
-31 asserts ``tensor.is_cuda`` for every pipeline broadcast (PP > 1 on gloo fails); ``engines/static_engine.py`` line 93 first tries the
-dynamic engine, whose context allocates CUDA memory; and the inference wrapper
-(``abstract_model_inference_wrapper.py`` line 51) refuses a list of model chunks. Its KV cache
-(``StaticInferenceContext`` and the attention's cache update) is what this module uses.
+Why not megatron-core's own engine (``megatron/core/inference/``, 0.16.1) on CPU ranks
+(docs/SERVE.md): ``text_generation_controller.py`` line 1163 records a ``torch.cuda.Event`` in
+every decoding step (on one CPU rank: "Tried to instantiate dummy base class Event");
+``communication_utils.py`` line 31 asserts ``tensor.is_cuda`` for every pipeline broadcast (PP > 1
+on gloo fails); ``engines/static_engine.py`` line 93 first tries the dynamic engine, whose context
+allocates CUDA memory; and the inference wrapper (``abstract_model_inference_wrapper.py`` line 51)
+refuses a list of model chunks. Its KV cache (``StaticInferenceContext`` and the attention's cache
+update) is what this module uses.
 """
 
 from __future__ import annotations
