@@ -167,12 +167,9 @@ async def _answer(served: ServedModel, body, ids: list[int], path: str, chat: bo
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(_events(served, job, pieces, ident, chat, include_usage, started,
                                          path), media_type="text/event-stream")
-    text = []
-    while True:
-        delta, outcome = await pieces.get()
-        text.append(delta)
-        if outcome is not None:
-            break
+    outcome = None
+    while outcome is None:  # the pieces of text are in outcome.text too
+        _, outcome = await pieces.get()
     if outcome.error:
         log_request(path, outcome.prompt_tokens, 0, time.monotonic() - started, 500)
         return JSONResponse(error_body(outcome.error, "server_error"), status_code=500)
