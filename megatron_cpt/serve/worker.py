@@ -11,6 +11,7 @@ stop; they ignore the signal themselves (the launcher passes it to every rank) a
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -42,8 +43,6 @@ def _listen(config: ServeConfig) -> socket.socket:
 
 def serve_this_rank(config: ServeConfig) -> int:
     """A rank of a distributed job (RANK and WORLD_SIZE set)."""
-    import os
-
     from megatron_cpt.runtime.parallel import destroy_parallel, initialize_parallel
 
     config, model, parallel, chat = prepare(config)
