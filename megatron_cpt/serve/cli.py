@@ -9,8 +9,7 @@ generating on the megatron-core model itself (no conversion) at any TP x PP, on 
 checkpoint. The server listens on 127.0.0.1:8000 unless ``--host``/``--port`` say otherwise and
 serves ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (streamed or not), ``/health``
 and the chat page at ``/``. SIGTERM (or Ctrl-C) ends the requests in flight, then every rank.
-Bad input is one line, exit status 2, and nothing is left running. torch and the ranks' modules are
-imported only once the input is checked, as in the other verbs.
+Bad input is one line, exit status 2, and nothing is left running.
 """
 
 from __future__ import annotations
