@@ -4,8 +4,11 @@ stop strings and the API key are tested through FastAPI's own test client."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +221,24 @@ def test_a_fine_tuned_checkpoints_template_and_end_of_turn_serve_a_tokenizer_wit
     tokenizer = ServedTokenizer(directory, (END_OF_TURN,), CHAT_TEMPLATE)
     assert tokenizer.encode_chat([{"role": "user", "content": "w30"}]) == [3, 6, 30, 4, 3, 7]
     assert tokenizer.stop_token_ids == (2, END_OF_TURN)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("source", ["docs/SERVE.md", "README.md", "megatron_cpt/serve/cli.py"])
+def test_the_documented_commands_parse_and_reach_the_ranks_unchanged(source):
+    from megatron_cpt.cli import build_parser
+    from megatron_cpt.serve import cli
+    from megatron_cpt.serve.options import config_from_args, worker_argv
+
+    text = cli.__doc__ if source.endswith(".py") else (REPO / source).read_text()
+    commands = [line.split("megatron-cpt serve ", 1)[1] for line in text.splitlines()
+                if "megatron-cpt serve --" in line]
+    assert commands
+    parser = build_parser("serve")
+    for command in commands:
+        config = config_from_args(parser.parse_args(["serve", *shlex.split(command, comments=True)]))
+        config = dataclasses.replace(config, model_name="m")  # as resolved before the ranks start
+        rank_args = parser.parse_args(["serve", *worker_argv(config)])
+        assert config_from_args(rank_args) == config
