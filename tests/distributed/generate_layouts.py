@@ -6,8 +6,8 @@ data-parallel replicas generating the same), TP2 and PP2.
 Started without ``RANK``, it starts the two ranks as the CLI does (``launch/local.py``: forked
 from this process once torch and megatron-core are imported).
 
-REQUESTS.json: ``[{"prompt": [ids], "stop": [ids]}, ...]``, generated as one batch of 8 new tokens
-each; rank 0 writes ``{layout: [[generated ids] per request]}`` to OUT.json.
+REQUESTS.json: ``[{"prompt": [ids], "stop": [ids], "temperature": T, "seed": S}, ...]`` (greedy
+without a temperature), generated as one batch of 8 new tokens each; rank 0 writes ``{layout: [[generated ids] per request]}`` to OUT.json.
 """
 
 import json
@@ -27,8 +27,9 @@ LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
 
 def main(ckpt: str, requests: str, out: str) -> None:
     model = checkpoint_model(ckpt, "fp32")
-    sequences = [Sequence(tuple(r["prompt"]), SamplingParams(max_new_tokens=8,
-                                                             stop_token_ids=tuple(r["stop"])))
+    sequences = [Sequence(tuple(r["prompt"]), SamplingParams(
+                     max_new_tokens=8, stop_token_ids=tuple(r["stop"]),
+                     temperature=r.get("temperature", 0.0), seed=r.get("seed")))
                  for r in json.load(open(requests))]
     generated = {}
     for name, (tp, pp) in LAYOUTS.items():

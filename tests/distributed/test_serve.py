@@ -3,7 +3,8 @@
 Greedy generation on the checkpoint (``megatron_cpt/serve/decode.py``) equals transformers'
 ``generate`` on the Hugging Face model it was converted from, token for token, at TP1, TP2 and PP2:
 plain prompts of different lengths in one batch, and a chat prompt rendered with the tokenizer's
-chat template that stops at the end of turn.
+chat template that stops at the end of turn; a seeded sampled sequence in the same batch gets the
+same tokens at every layout.
 
 Then the server as a user runs it, on 2 CPU ranks (TP2), asked by the ``openai`` Python client
 and by the chat page in headless chromium. Greedy chat answers equal transformers'; streamed
@@ -69,7 +70,9 @@ def test_greedy_tokens_equal_transformers_at_tp1_tp2_pp2(tiny_chat_checkpoint, t
                 {"prompt": tokenizer(chat, add_special_tokens=False)["input_ids"],
                  "stop": [2, END_OF_TURN]}]
     assert requests[2]["prompt"][:2] == [3, 5] and requests[2]["prompt"][-2:] == [3, 7]
-    (tmp_path / "requests.json").write_text(json.dumps(requests))
+    # Sampled with a seed in the same batch: the same tokens at every layout, not the greedy ones.
+    sampled = {"prompt": [5, 17, 42, 99, 3], "stop": [], "temperature": 1.0, "seed": 3}
+    (tmp_path / "requests.json").write_text(json.dumps(requests + [sampled]))
     script = Path(__file__).with_name("generate_layouts.py")
     proc = subprocess.run([sys.executable, str(script), str(ckpt), str(tmp_path / "requests.json"),
                            str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300)
@@ -78,7 +81,9 @@ def test_greedy_tokens_equal_transformers_at_tp1_tp2_pp2(tiny_chat_checkpoint, t
     expected = [_reference(hf, r["prompt"], r["stop"]) for r in requests]
     assert all(len(e) >= 1 for e in expected)
     for layout in ("tp1", "tp2", "pp2"):
-        assert generated[layout] == expected, layout
+        assert generated[layout][:3] == expected, layout
+        assert generated[layout][3] == generated["tp1"][3], layout
+    assert len(generated["tp1"][3]) == NEW_TOKENS and generated["tp1"][3] != expected[0]
 
 
 @pytest.fixture(scope="module")
