@@ -182,7 +182,7 @@ def _start_error(capsys, args: list[str]) -> str:
 
 
 def test_bad_input_at_start_is_one_line(server, capsys, tmp_path):
-    _, port, _, hf, ckpt = server
+    proc, port, _, hf, ckpt = server
     good = ["--ckpt-dir", str(ckpt), "--tokenizer", f"hf:{hf}"]
     assert "--ckpt-dir /nowhere: no such directory" in _start_error(
         capsys, ["--ckpt-dir", "/nowhere", "--tokenizer", f"hf:{hf}"])
@@ -195,6 +195,7 @@ def test_bad_input_at_start_is_one_line(server, capsys, tmp_path):
         capsys, [*good[:2], "--tokenizer", f"hf:{other}"])
     assert "--tp/--pp: 3 does not divide the 4 attention heads" in _start_error(
         capsys, [*good, "--tp", "3"])
+    assert proc.poll() is None  # it holds the port (else this command would start serving)
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in _start_error(
         capsys, [*good, "--port", str(port)])
 
