@@ -19,7 +19,8 @@ setup(
     + [f"megatron_cpt.conversion.{p}" for p in find_packages("conversion")],
     # The top-level launch/ and conversion/ folders install inside megatron_cpt, never bare.
     package_dir={"megatron_cpt.launch": "launch", "megatron_cpt.conversion": "conversion"},
-    package_data={"megatron_cpt.launch": ["templates/*"], "megatron_cpt.profile": ["templates/*"]},
+    package_data={"megatron_cpt.launch": ["templates/*"], "megatron_cpt.profile": ["templates/*"],
+                  "megatron_cpt.serve": ["chat.html"]},
     install_requires=[
         MCORE,
         # torch is pinned by the Makefile/CI (the local CPU build); any 2.x with megatron-core works.
@@ -37,14 +38,19 @@ setup(
         "tqdm",
         "matplotlib",
         "scipy",  # shape-preserving interpolation of the ALMR study's loss curves
+        # megatron-cpt serve: the OpenAI-compatible HTTP API
+        "fastapi",
+        "uvicorn",
     ],
     # llama-models: Meta's reference Llama-3 ChatFormat and its tokenizer.model, which the chat
     # data tests compare against. lm-evaluation-harness's `hf` model is the reference that
     # `megatron-cpt eval` is checked against (tests/distributed/test_eval.py); [hf] adds accelerate
     # and peft, both satisfied by the torch already installed (the Makefile installs the CPU build
     # first). pytest-xdist runs the suite on 2 workers (tests/conftest.py keeps each module, and all
-    # the Slurm tests, on one worker).
+    # the Slurm tests, on one worker). The openai client, httpx (FastAPI's test client), playwright
+    # (driving Debian's chromium) and lm-eval's [api] models (local-chat-completions) check
+    # megatron-cpt serve.
     extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist==3.8.0", "llama-models==0.3.0",
-                             "lm-eval[hf]==0.4.13"]},
+                             "lm-eval[hf,api]==0.4.13", "openai", "httpx", "playwright"]},
     entry_points={"console_scripts": ["megatron-cpt=megatron_cpt.cli:main"]},
 )

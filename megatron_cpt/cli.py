@@ -19,7 +19,7 @@ import sys
 from megatron_cpt.errors import UserError, one_line
 
 # Verbs whose work runs on megatron-core: the installed one is checked before they start.
-NEEDS_MEGATRON_CORE = ("data", "train", "convert", "almr", "eval")
+NEEDS_MEGATRON_CORE = ("data", "train", "convert", "almr", "eval", "serve")
 # verb -> (module with register(subparsers), one-line help). Only the chosen verb's module is
 # imported, so `megatron-cpt data ...` does not pay for torch and megatron-core imports it never uses.
 VERBS = {
@@ -30,6 +30,7 @@ VERBS = {
     "profile": ("megatron_cpt.profile.cli", "throughput report of a run; memory estimate of a recipe"),
     "almr": ("megatron_cpt.almr.cli", "the ALMR x learning-rate study: sweep, status, fit"),
     "eval": ("megatron_cpt.eval.cli", "multiple-choice benchmark accuracy of checkpoints"),
+    "serve": ("megatron_cpt.serve.cli", "a checkpoint behind an OpenAI-compatible API and a chat page"),
 }
 
 

@@ -78,3 +78,11 @@ def pytest_xdist_make_scheduler(config, log):
             return "tests/slurm" if nodeid.startswith("tests/slurm/") else nodeid.split("::")[0]
 
     return ByModule(config, log)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_checkpoint(tmp_path_factory):
+    """(HF directory with a chat template, its megatron-core checkpoint): ``serve_fixtures``."""
+    from serve_fixtures import make_chat_checkpoint
+
+    return make_chat_checkpoint(tmp_path_factory.mktemp("chat_model"))

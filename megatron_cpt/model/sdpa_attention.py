@@ -11,6 +11,11 @@ hands over [t, heads, d] with the rotary positions already restarted per sequenc
 gets its own causal attention, so no token sees another sequence's tokens. The sequences' lengths
 come from the host once per micro-batch (``HostPackedSeqParams.lengths``), not from the device
 copy of ``cu_seqlens`` in every layer.
+
+Generation with megatron-core's KV cache (``megatron_cpt/serve/decode.py``): after the prompt,
+megatron-core passes ``attn_mask_type=no_mask`` with the new tokens' queries and every cached key.
+A query block shorter than the keys is the end of the sequence, so the causal mask is aligned to
+the bottom right (torch's ``is_causal`` aligns it to the top left).
 """
 
 from __future__ import annotations
@@ -60,15 +65,23 @@ class SDPAttention(MegatronModule):
                                  "(model.packed_sequences.packed_seq_params)")
             return self._packed(query, key, value, lengths)
         # megatron-core layout [s, b, heads, d] -> SDPA's [b, heads, s, d].
-        out = self._causal(*(t.permute(1, 2, 0, 3) for t in (query, key, value)))
+        causal = attn_mask_type != AttnMaskType.no_mask
+        out = self._causal(*(t.permute(1, 2, 0, 3) for t in (query, key, value)), causal=causal)
         # [b, heads, s, d] -> [s, b, heads * d]
         s, b = out.size(2), out.size(0)
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
-    def _causal(self, q, k, v):
-        """Causal attention over [b, heads, s, d]."""
+    def _causal(self, q, k, v, causal: bool = True):
+        """Causal attention over [b, heads, s, d]; queries are the last ``q.size(2)`` positions."""
+        mask = None
+        if causal and q.size(2) != k.size(2):
+            # True where a query may attend: key position <= the query's own position.
+            offset = k.size(2) - q.size(2)
+            mask = (torch.arange(k.size(2), device=q.device)[None, :]
+                    <= torch.arange(q.size(2), device=q.device)[:, None] + offset)
         return F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=self.softmax_scale,
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None and q.size(2) > 1,
+            scale=self.softmax_scale,
             dropout_p=self.dropout_p if self.training else 0.0, enable_gqa=q.size(1) > k.size(1))
 
     def _packed(self, query, key, value, lengths: tuple[int, ...]):

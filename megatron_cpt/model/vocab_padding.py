@@ -27,8 +27,10 @@ def mask_padded_logits(model, vocab_size: int, padded_vocab_size: int) -> None:
 
     def mask(_module, _inputs, output):
         logits, bias = output
-        padding = torch.zeros(shard, dtype=torch.bool, device=logits.device)
-        padding[valid:] = True
+        # Generation asks for the logits gathered over TP (every column); training keeps the shard.
+        gathered = logits.size(-1) == padded_vocab_size != shard
+        padding = torch.zeros(logits.size(-1), dtype=torch.bool, device=logits.device)
+        padding[vocab_size if gathered else valid:] = True
         return logits.masked_fill(padding, torch.finfo(logits.dtype).min), bias
 
     model.output_layer.register_forward_hook(mask)
