@@ -58,9 +58,11 @@ def test_status_lists_every_run(sweep_dir):
     proc = _cli("status", str(sweep_dir))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].endswith("4 ALMR x 2 LR, 10 steps x 1,024 tokens = 10,240 tokens per run")
+    assert lines[0].endswith("4 ALMR x 2 LR x 1 seed(s) (1234), 10 steps x 1,024 tokens = "
+                             "10,240 tokens per run")
     assert lines[-1] == "done 9 (of 9)"
-    assert any(line.split()[:4] == ["almr0.33_lr0.003", "0.33", "0.003", "done"] for line in lines)
+    assert any(line.split()[:5] == ["almr0.33_lr0.003", "0.33", "0.003", "1234", "done"]
+               for line in lines)
 
 
 def test_fit_writes_json_and_plots(sweep_dir, tmp_path):
