@@ -59,6 +59,9 @@ def register(verbs) -> None:
     sweep.add_argument("--plan-only", action="store_true",
                        help="write the manifest and run recipes, run nothing")
     sweep.add_argument("--no-progress", action="store_true")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="with --local: runs at a time (each with its recipe's ranks and "
+                            "launch.cpu_threads; default 1)")
     where = sweep.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true",
                        help="run the points here, one after another (the default)")
@@ -103,7 +106,7 @@ def register(verbs) -> None:
                         help="recommend the ALMR for a run at this learning rate")
     target.add_argument("--target-recipe", default=None,
                         help="recommend the ALMR for this recipe's optim.lr (e.g. the 70B one)")
-    fit.add_argument("--bootstrap", type=int, default=200, help="replicates (0: none)")
+    fit.add_argument("--bootstrap", type=int, default=1000, help="replicates (0: none)")
     fit.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     fit.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/fit)")
     fit.set_defaults(func=fit_command)
@@ -146,6 +149,8 @@ def run_sweep_command(args) -> int:
         given = [name for name in SLURM_ONLY if getattr(args, name) not in (None, False)]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')}: only with --slurm")
+    if args.slurm and args.parallel != 1:
+        raise UserError("--parallel: only with --local (Slurm: --max-parallel)")
     base = apply_overrides(read_yaml(args.recipe), list(args.overrides))
     out = args.out or f"runs/almr_{Path(args.recipe).stem}"
     plan = plan_runs(base, args.almr, args.lr, out, tokens=args.tokens, recipe_source=args.recipe,
@@ -154,7 +159,10 @@ def run_sweep_command(args) -> int:
     # run starts from (the reference's recipe: it never saves a checkpoint to resume from).
     check_inputs(recipe_from_dict(plan.runs[0].recipe))
     launcher = None if args.plan_only else (
-        _slurm_launcher(args, plan) if args.slurm else LocalLauncher(progress=not args.no_progress))
+        _slurm_launcher(args, plan) if args.slurm else
+        LocalLauncher(progress=not args.no_progress, parallel=args.parallel))
+    if isinstance(launcher, LocalLauncher):
+        launcher.check(plan)
     if launcher is not None and (not args.slurm or args.submit):  # it starts or submits runs
         refuse_while_submitted(out)
     print(f"sweep {out}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR x {len(plan.seeds)} seed(s) + "
