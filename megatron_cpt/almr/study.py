@@ -79,7 +79,8 @@ def collect_results(sweep: Path, demo: Path, base: Path, fits: dict[str, Path]) 
                    "base_model_losses": hashlib.sha256(
                        json.dumps(base_losses).encode()).hexdigest()[:16]},
         "environment": {"python": platform.python_version(),
-                        **{name: metadata.version(name) for name in LIBRARIES}},
+                        **{name: metadata.version(name) for name in LIBRARIES},
+                        "cpu_capability": _cpu_capability()},
         "reference": some["reference"],
         "losses": some["losses"],
         "seed_losses": some["seed_losses"],
@@ -87,6 +88,14 @@ def collect_results(sweep: Path, demo: Path, base: Path, fits: dict[str, Path]) 
                         "optima": fit["optima"], "relations": fit["relations"]}
                  for name, fit in fitted.items()},
     }
+
+
+def _cpu_capability() -> str:
+    """The instruction set torch's CPU kernels use here (AVX2, AVX512, ...): another one may sum
+    in another order."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def _leaves(value, path: str = ""):

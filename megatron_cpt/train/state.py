@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 import torch.distributed as dist
 
 from megatron_cpt.config.recipe import Recipe
@@ -142,7 +143,9 @@ def build_state(cfg: Recipe) -> TrainState:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / data.plan.file_name).write_text(json.dumps(data.plan.to_dict(), indent=2))
         # What really runs (read from the built model), for the record and for tests.
-        layout = {**describe_layout(chunks), "cpu_threads": cpu_threads}
+        # The CPU kernels' instruction set and thread count: the rest of a CPU run's arithmetic.
+        layout = {**describe_layout(chunks), "cpu_threads": cpu_threads,
+                  "cpu_capability": torch.backends.cpu.get_cpu_capability()}
         (run_dir / "layout.json").write_text(json.dumps(layout, indent=2))
         log("layout: " + " ".join(f"{k}={v}" for k, v in layout.items()))
         # The time-limit stop reserves the longest save seen so far, across starts.

@@ -100,4 +100,5 @@ def test_every_launcher_gives_the_same_losses_and_records_the_thread_count(overr
         assert losses(run_dir) == reference, name
         (start,) = read_starts(run_dir)
         assert start.cpu_threads == threads, name
-        assert json.loads((run_dir / "layout.json").read_text())["cpu_threads"] == threads, name
+        layout = json.loads((run_dir / "layout.json").read_text())
+        assert layout["cpu_threads"] == threads and layout["cpu_capability"], name
