@@ -58,6 +58,10 @@ printf '%s\n' "${SOURCES[@]}" | xargs -P 2 -I{} sh -c \
 
 # The model's vocabulary and the end-of-document id come from the prepared data.
 demo_data_overrides "$OUT/data"
+if [ "${DEMO_UNTIL:-}" = data ]; then  # examples/almr_study.sh trains its own base model
+    stage "done in $((SECONDS - START)) s: corpus, tokenizer and data (DEMO_UNTIL=data)"
+    exit 0
+fi
 
 stage "4/8 base model: $BASE_STEPS steps on English + code only (ALMR 0) -> $OUT/base"
 run_logged "$OUT/logs/train_base.log" $CLI train "$RECIPE" "${DATA_OVERRIDES[@]}" \

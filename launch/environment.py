@@ -4,18 +4,44 @@ variables of a one-task-per-GPU Slurm launch.
 ``job_environment`` is what the generated sbatch script exports (and, with a container image,
 passes by name with pyxis ``--container-env``, because pyxis otherwise keeps the image's value of
 a variable the image also sets), and what ``megatron-cpt train`` gives its local ranks
-(``train/startup.py``): one environment for both paths.
+(``train/startup.py``): one environment for both paths. Its ``OMP_NUM_THREADS`` is the recipe's
+``launch.cpu_threads``, or the node's CPUs divided by its ranks: a number here, a shell expression
+over ``SLURM_CPUS_ON_NODE`` in the batch script (``slurm_cpu_threads``), the same rule on both.
 """
 
 from __future__ import annotations
 
 import os
 
+from megatron_cpt.config.launch import LaunchConfig
 from megatron_cpt.config.recipe import Recipe
 
 
-def job_environment(recipe: Recipe, shutdown_timeout_s: int) -> dict[str, str]:
-    """Variables the job exports, in a fixed order (name -> value)."""
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a Slurm step's or container's share)."""
+    return len(os.sched_getaffinity(0))
+
+
+def resolve_cpu_threads(launch: LaunchConfig, cpus: int | None = None) -> int:
+    """Intra-op threads of each rank: ``launch.cpu_threads``, else the node's CPUs (``cpus``,
+    default this process's) shared by its ``procs_per_node`` ranks, at least 1."""
+    if launch.cpu_threads is not None:
+        return launch.cpu_threads
+    return max(1, (usable_cpus() if cpus is None else cpus) // launch.procs_per_node)
+
+
+def slurm_cpu_threads(launch: LaunchConfig) -> str:
+    """``resolve_cpu_threads`` as the batch script computes it on the node (bash arithmetic)."""
+    if launch.cpu_threads is not None:
+        return str(launch.cpu_threads)
+    share = f"SLURM_CPUS_ON_NODE / {launch.procs_per_node}"
+    return f"$(( {share} > 1 ? {share} : 1 ))"
+
+
+def job_environment(recipe: Recipe, shutdown_timeout_s: int, cpu_threads: str) -> dict[str, str]:
+    """Variables the job exports, in a fixed order (name -> value); ``cpu_threads``: the value of
+    ``OMP_NUM_THREADS`` (``resolve_cpu_threads`` locally, ``slurm_cpu_threads`` in a batch
+    script)."""
     env = {}
     if recipe.parallel.tp > 1 or recipe.parallel.cp > 1:
         # One hardware queue, so TP/CP communication kernels are scheduled in issue order and
@@ -33,6 +59,7 @@ def job_environment(recipe: Recipe, shutdown_timeout_s: int) -> dict[str, str]:
         # older torchrun waits 30 s).
         "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(shutdown_timeout_s),
         "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": cpu_threads,
     })
     return env
 

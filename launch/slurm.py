@@ -29,7 +29,7 @@ from typing import Literal, Optional
 
 from megatron_cpt.config.recipe import Recipe
 from megatron_cpt.errors import UserError
-from megatron_cpt.launch.environment import job_environment
+from megatron_cpt.launch.environment import job_environment, slurm_cpu_threads
 from megatron_cpt.launch.node import torchrun_waits_for_saves
 from megatron_cpt.run_files import blocking_save_times
 
@@ -219,7 +219,8 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
     if array:
         run_dir_q = '"' + run_dir + '/${RUNS[$SLURM_ARRAY_TASK_ID]}"'
         recipe_q = '"$RUN_DIR/recipe.yaml"'
-    env = job_environment(recipe, shutdown_timeout_s=job.signal_lead_s)
+    env = job_environment(recipe, shutdown_timeout_s=job.signal_lead_s,
+                          cpu_threads=slurm_cpu_threads(recipe.launch))
     names = list(env)
     per_gpu = job.tasks == "per-gpu"
     tasks_per_node = job.gpus_per_node if per_gpu else 1
@@ -267,7 +268,7 @@ def render_sbatch(recipe: Recipe, recipe_path: str, job: SlurmJob, source: str,
         array_line=array.sbatch_line() if array else "",
         task_lines=array.shell_lines() if array else "",
         python_q=shlex.quote(job.python),
-        env_exports="\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+        env_exports="\n".join(f"export {k}={_shell_word(v)}" for k, v in env.items()),
         port_base=PORT_BASE,
         job_slots=PORT_SPAN // RESTART_SLOTS,
         restart_slots=RESTART_SLOTS,

@@ -6,7 +6,8 @@
 
 ``progress.jsonl`` lines:
 
-    {"event": "start", "restart_count": 1, "job_id": "4711", "first_step": 6, "final_step": 20}
+    {"event": "start", "restart_count": 1, "job_id": "4711", "first_step": 6, "final_step": 20,
+     "cpu_threads": 1}
     {"event": "end", "last_step": 20, "ended": "finished", "checkpoint": ".../step_000020"}
     {"event": "requeue", "restart_count": 1, "job_id": "4711", "requeue": false, "progress": true,
      "checkpoint_step": 20, "reason": "..."}
@@ -78,6 +79,7 @@ class RunStart:
     last_step: Optional[int]  # the last step it completed; None when it was killed
     ended: Optional[str]  # see the module docstring; None when it was killed
     checkpoint: Optional[str]
+    cpu_threads: Optional[int] = None  # each rank's intra-op threads (recorded since it was)
 
     @property
     def resumable(self) -> bool:
@@ -117,10 +119,13 @@ def _append(run_dir: Path, record: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def record_start(run_dir: str | Path, resumed_step: int, final_step: int) -> None:
+def record_start(run_dir: str | Path, resumed_step: int, final_step: int,
+                 cpu_threads: Optional[int] = None) -> None:
+    """``cpu_threads``: each rank's intra-op threads in this start (part of its arithmetic)."""
     restart_count, job_id = slurm_start()
     _append(Path(run_dir), {"event": "start", "restart_count": restart_count, "job_id": job_id,
-                            "first_step": resumed_step + 1, "final_step": final_step})
+                            "first_step": resumed_step + 1, "final_step": final_step,
+                            "cpu_threads": cpu_threads})
 
 
 def record_end(run_dir: str | Path, last_step: int, ended: str, checkpoint: str | None) -> None:
@@ -155,7 +160,8 @@ def read_starts(run_dir: str | Path) -> list[RunStart]:
                      first_step=s["first_step"], final_step=s["final_step"],
                      last_step=(s["end"] or {}).get("last_step"),
                      ended=(s["end"] or {}).get("ended"),
-                     checkpoint=(s["end"] or {}).get("checkpoint")) for s in starts]
+                     checkpoint=(s["end"] or {}).get("checkpoint"),
+                     cpu_threads=s.get("cpu_threads")) for s in starts]
 
 
 def read_requeue_decisions(run_dir: str | Path) -> list[RequeueDecision]:

@@ -2,7 +2,7 @@
 
     megatron-cpt almr sweep examples/demo_llama3_tiny_cpt_2xcpu.yaml \\
         checkpoint.pretrained=outputs/demo/base/checkpoints/step_000200 train.eval_interval=100 \\
-        --almr 0.1,0.2,0.33,0.5 --lr 1e-3,3e-3,1e-2 --tokens 102400 --out runs/almr_demo
+        --almr 0.1,0.2,0.33,0.5 --lr 1e-3,3e-3,1e-2 --seeds 3 --tokens 102400 --out runs/almr_demo
     megatron-cpt almr sweep examples/llama3_8b_cpt_32xh100_fp8.yaml ... --almr ... --lr ... \\
         --slurm --partition gpu --time 12:00:00 --submit      # one Slurm job array
     megatron-cpt almr status runs/almr_demo
@@ -48,6 +48,10 @@ def register(verbs) -> None:
                        help="comma-separated ALMRs in [0, 1] (at least 3 to fit)")
     sweep.add_argument("--lr", type=_numbers("LR list"), required=True,
                        help="comma-separated learning rates (at least 2; 3 for a goodness of fit)")
+    sweep.add_argument("--seeds", type=int, default=1, metavar="R",
+                       help="runs per grid point, with train.seed = the recipe's + 0 .. R-1 (the "
+                            "order of the training samples); the fit's intervals then include "
+                            "run-to-run variation (default 1)")
     sweep.add_argument("--tokens", type=int, default=None,
                        help="training tokens of every run, rounded up to whole steps "
                             "(default: train.steps of the recipe)")
@@ -55,6 +59,9 @@ def register(verbs) -> None:
     sweep.add_argument("--plan-only", action="store_true",
                        help="write the manifest and run recipes, run nothing")
     sweep.add_argument("--no-progress", action="store_true")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="with --local: runs at a time (each with its recipe's ranks and "
+                            "launch.cpu_threads; default 1)")
     where = sweep.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true",
                        help="run the points here, one after another (the default)")
@@ -99,7 +106,7 @@ def register(verbs) -> None:
                         help="recommend the ALMR for a run at this learning rate")
     target.add_argument("--target-recipe", default=None,
                         help="recommend the ALMR for this recipe's optim.lr (e.g. the 70B one)")
-    fit.add_argument("--bootstrap", type=int, default=200, help="replicates (0: none)")
+    fit.add_argument("--bootstrap", type=int, default=1000, help="replicates (0: none)")
     fit.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     fit.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/fit)")
     fit.set_defaults(func=fit_command)
@@ -142,19 +149,25 @@ def run_sweep_command(args) -> int:
         given = [name for name in SLURM_ONLY if getattr(args, name) not in (None, False)]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')}: only with --slurm")
+    if args.slurm and args.parallel != 1:
+        raise UserError("--parallel: only with --local (Slurm: --max-parallel)")
     base = apply_overrides(read_yaml(args.recipe), list(args.overrides))
     out = args.out or f"runs/almr_{Path(args.recipe).stem}"
-    plan = plan_runs(base, args.almr, args.lr, out, tokens=args.tokens, recipe_source=args.recipe)
+    plan = plan_runs(base, args.almr, args.lr, out, tokens=args.tokens, recipe_source=args.recipe,
+                     seeds=args.seeds)
     # Once, before anything is written: the data every run reads and the initial weights every
     # run starts from (the reference's recipe: it never saves a checkpoint to resume from).
     check_inputs(recipe_from_dict(plan.runs[0].recipe))
     launcher = None if args.plan_only else (
-        _slurm_launcher(args, plan) if args.slurm else LocalLauncher(progress=not args.no_progress))
+        _slurm_launcher(args, plan) if args.slurm else
+        LocalLauncher(progress=not args.no_progress, parallel=args.parallel))
+    if isinstance(launcher, LocalLauncher):
+        launcher.check(plan)
     if launcher is not None and (not args.slurm or args.submit):  # it starts or submits runs
         refuse_while_submitted(out)
-    print(f"sweep {out}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR + reference, "
-          f"{plan.steps} steps x {plan.tokens_per_step:,} tokens = {plan.tokens:,} tokens per run",
-          flush=True)
+    print(f"sweep {out}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR x {len(plan.seeds)} seed(s) + "
+          f"reference, {plan.steps} steps x {plan.tokens_per_step:,} tokens = {plan.tokens:,} "
+          f"tokens per run", flush=True)
     if launcher is None:
         write_plan(plan)
         return 0
@@ -192,9 +205,10 @@ def status_command(args) -> int:
     from megatron_cpt.run_files import LANGUAGE_LOSS
 
     plan = read_plan(args.sweep_dir)
-    print(f"sweep {args.sweep_dir}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR, {plan.steps} "
-          f"steps x {plan.tokens_per_step:,} tokens = {plan.tokens:,} tokens per run")
-    print(f"  {'run':<24} {'almr':>6} {'lr':>9}  {'state':<12}" +
+    print(f"sweep {args.sweep_dir}: {len(plan.almrs)} ALMR x {len(plan.lrs)} LR x "
+          f"{len(plan.seeds)} seed(s) ({_seed_list(plan.seeds)}), {plan.steps} steps x "
+          f"{plan.tokens_per_step:,} tokens = {plan.tokens:,} tokens per run")
+    print(f"  {'run':<32} {'almr':>6} {'lr':>9} {'seed':>6}  {'state':<12}" +
           "".join(f" {lang:>8}" for lang in plan.languages))
     counts: dict[str, int] = {}
     for run in plan.runs:
@@ -205,10 +219,15 @@ def status_command(args) -> int:
                          for lang in plan.languages) if state.final else ""
         almr = "-" if run.almr is None else f"{run.almr:g}"
         lr = "-" if run.lr is None else f"{run.lr:g}"
-        print(f"  {run.name:<24} {almr:>6} {lr:>9}  {label:<12}{losses}")
+        seed = "-" if run.seed is None else str(run.seed)
+        print(f"  {run.name:<32} {almr:>6} {lr:>9} {seed:>6}  {label:<12}{losses}")
     print(", ".join(f"{status} {count}" for status, count in sorted(counts.items())) +
           f" (of {len(plan.runs)})")
     return 0
+
+
+def _seed_list(seeds) -> str:
+    return ", ".join(str(s) for s in seeds) or "-"
 
 
 def _loss(record: dict, key: str) -> str:

@@ -20,30 +20,53 @@ JOB_FILE = "slurm_job_id"  # in the sweep directory: the job array last submitte
 
 class LocalLauncher:
     """Each run as its own ``megatron-cpt train`` (or reference evaluation) on this machine, its
-    output appended to ``RUN_DIR/run.log``; returns when all have ended."""
+    output appended to ``RUN_DIR/run.log``, ``parallel`` runs at a time (each with its recipe's
+    ranks and threads); returns when all have ended."""
 
-    def __init__(self, progress: bool = True):
-        self.progress = progress
+    def __init__(self, progress: bool = True, parallel: int = 1):
+        self.progress, self.parallel = progress, parallel
+
+    def check(self, plan: SweepPlan) -> None:
+        """Before anything is written: runs at once must not build one data cache together."""
+        if self.parallel < 1:
+            raise UserError(f"--parallel: must be >= 1, got {self.parallel}")
+        shared = {r.recipe["data"].get("cache_dir") for r in plan.runs} - {None}
+        if self.parallel > 1 and shared:
+            raise UserError(f"data.cache_dir: {', '.join(sorted(shared))} would be written by "
+                            f"{self.parallel} runs at once (--parallel); leave it unset, so that "
+                            f"each run keeps its cache in its run directory")
 
     def launch(self, plan: SweepPlan, runs: Sequence[PlannedRun]) -> list[LaunchResult]:
         from tqdm import tqdm
 
-        results = []
-        bar = tqdm(runs, desc="almr sweep", unit="run", disable=not self.progress)
-        for run in bar:
-            bar.set_postfix_str(run.name)
-            run_dir = plan.run_dir(run)
-            log = run_dir / "run.log"
-            start = time.perf_counter()
-            with open(log, "a") as out:
-                code = subprocess.call([sys.executable, *run.local_command(run_dir / RECIPE)],
-                                       stdout=out, stderr=subprocess.STDOUT)
-            state = run_state(run_dir, plan.final_step(run))
-            status = "finished" if state.finished else "failed"
-            detail = f"{state.status}, exit status {code}, {time.perf_counter() - start:.0f} s, {log}"
-            bar.write(f"{run.name}: {status} ({detail})")
-            results.append(LaunchResult(run.name, status, detail))
-        return results
+        self.check(plan)
+        bar = tqdm(total=len(runs), desc="almr sweep", unit="run", disable=not self.progress)
+        waiting, running, done = list(runs), {}, {}
+        while waiting or running:
+            while waiting and len(running) < self.parallel:
+                run = waiting.pop(0)
+                log = plan.run_dir(run) / "run.log"
+                with open(log, "a") as out:
+                    process = subprocess.Popen([sys.executable,
+                                                *run.local_command(plan.run_dir(run) / RECIPE)],
+                                               stdout=out, stderr=subprocess.STDOUT)
+                running[run.name] = (run, process, time.perf_counter())
+                bar.set_postfix_str(", ".join(running))
+            ended = [name for name, (_, process, _) in running.items() if process.poll() is not None]
+            if not ended:
+                time.sleep(0.2)
+                continue
+            for name in ended:
+                run, process, start = running.pop(name)
+                state = run_state(plan.run_dir(run), plan.final_step(run))
+                status = "finished" if state.finished else "failed"
+                detail = (f"{state.status}, exit status {process.returncode}, "
+                          f"{time.perf_counter() - start:.0f} s, {plan.run_dir(run) / 'run.log'}")
+                bar.write(f"{run.name}: {status} ({detail})")
+                bar.update()
+                done[name] = LaunchResult(run.name, status, detail)
+        bar.close()
+        return [done[run.name] for run in runs]
 
 
 class SlurmLauncher:

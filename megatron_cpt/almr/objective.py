@@ -78,7 +78,8 @@ def objective_curve(objective: Objective, almrs: np.ndarray, additional: np.ndar
     [min(almrs), max(almrs)].
 
     ``additional``: losses at ``almrs``; ``original``: [languages, almrs]; ``reference``: the
-    pre-CPT loss of each original language (needed by ``constrained``).
+    pre-CPT loss of each original language (needed by ``constrained``). Each may have a trailing
+    axis of N bootstrap replicates (the curves are then [points, N]).
     """
     grid = np.linspace(almrs.min(), almrs.max(), DENSE_POINTS) if at is None else at
     add_curve = interpolant(almrs, additional)(grid)
@@ -92,9 +93,22 @@ def objective_curve(objective: Objective, almrs: np.ndarray, additional: np.ndar
 def find_optimum(objective: Objective, almrs: np.ndarray, additional: np.ndarray,
                  original: np.ndarray, reference: Optional[np.ndarray]) -> Optimum:
     """The objective's minimum over [min(almrs), max(almrs)] (arguments as ``objective_curve``)."""
-    grid, values = objective_curve(objective, almrs, additional, original, reference)
-    best = int(np.argmin(values))
-    if not np.isfinite(values[best]):
+    almr, value, at_edge = find_optima(objective, almrs, additional[:, None], original[..., None],
+                                       None if reference is None else reference[:, None])
+    if not np.isfinite(value[0]):
         return Optimum(almr=float("nan"), value=float("nan"), at_edge=False, feasible=False)
-    return Optimum(almr=float(grid[best]), value=float(values[best]),
-                   at_edge=best in (0, len(grid) - 1), feasible=True)
+    return Optimum(almr=float(almr[0]), value=float(value[0]), at_edge=bool(at_edge[0]),
+                   feasible=True)
+
+
+def find_optima(objective: Objective, almrs: np.ndarray, additional: np.ndarray,
+                original: np.ndarray, reference: Optional[np.ndarray]):
+    """``find_optimum`` of N replicates at once (``additional`` [A, N], ``original`` [K, A, N],
+    ``reference`` [K, N]): the optimal ALMR [N] (NaN where infeasible), the objective there and
+    whether it is at the edge of the grid."""
+    grid, values = objective_curve(objective, almrs, additional, original, reference)
+    best = np.argmin(values, axis=0)
+    value = values[best, np.arange(values.shape[1])]
+    feasible = np.isfinite(value)
+    almr = np.where(feasible, grid[best], np.nan)
+    return almr, np.where(feasible, value, np.nan), feasible & ((best == 0) | (best == len(grid) - 1))

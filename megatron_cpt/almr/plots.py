@@ -119,7 +119,7 @@ def plot_curves(result: AlmrFit, path: Path) -> Path:
             xerr = _bar(optimum.almr, optimum.low, optimum.high)
             ax.errorbar([optimum.almr], [optimum.value], xerr=xerr, fmt="*", ms=12, color=color,
                         capsize=3)
-    ax.set_title("objective (* = optimum +- 1 bootstrap sd)")
+    ax.set_title("objective (* = optimum, bars: its 95% interval)")
     ax.set_xlabel("ALMR")
     fig.suptitle(result.objective_text, fontsize=9)
     return save_figure(fig, path)
@@ -147,8 +147,8 @@ def plot_relation(result: AlmrFit, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("best ALMR")
-    ax.set_title("best ALMR against the learning rate (hollow: at the grid edge, not fitted)",
-                 fontsize=9)
+    ax.set_title("best ALMR against the learning rate, 95% intervals (hollow: at the grid edge, "
+                 f"not fitted)\n{result.verdict.split(' (')[0]}", fontsize=8)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 

@@ -1,17 +1,20 @@
-"""The ALMR x learning-rate grid: one run directory per point with its resolved recipe, a manifest,
-and a runner that skips finished points and resumes unfinished ones.
+"""The ALMR x learning-rate grid: one run directory per point and seed with its resolved recipe, a
+manifest, and a runner that skips finished runs and resumes unfinished ones.
 
     tree = apply_overrides(read_yaml("examples/demo_llama3_tiny_cpt_2xcpu.yaml"), overrides)
     plan = plan_runs(tree, almrs=[0.1, 0.2, 0.33, 0.5], lrs=[1e-3, 3e-3, 1e-2],
-                     sweep_dir="runs/almr_demo", tokens=1_000_000)
+                     sweep_dir="runs/almr_demo", tokens=1_000_000, seeds=3)
     write_plan(plan)
     run_sweep(plan, LocalLauncher())
 
 Every point trains the same number of steps of the same batch and sequence length, so the token
 budget is equal and points differ only in ``data.mixture.almr`` and ``optim.lr`` (``optim.min_lr``
-and ``optim.schedule.init_lr`` keep their ratio to ``optim.lr``). One more run, ``reference``,
-evaluates the initial weights (``checkpoint.pretrained``) on the same validation sets: the losses
-before CPT that the constrained objective compares with.
+and ``optim.schedule.init_lr`` keep their ratio to ``optim.lr``). With ``seeds`` R > 1 each point
+runs R times, with ``train.seed`` = the recipe's seed + 0 .. R-1: the seed orders the training
+samples (the demo models have no dropout, and their initial weights come from the checkpoint);
+``data.valid_seed`` stays the recipe's, so every run evaluates the same validation batches. One
+more run, ``reference``, evaluates the initial weights (``checkpoint.pretrained``) on those
+validation sets: the losses before CPT that the constrained objective compares with.
 
     SWEEP_DIR/sweep.json                 the manifest (grid, budget, languages, runs)
     SWEEP_DIR/<run>/recipe.yaml          the resolved recipe of each run
@@ -49,6 +52,7 @@ class PlannedRun:
     almr: Optional[float]  # None for the reference
     lr: Optional[float]
     recipe: dict  # the resolved recipe (Recipe.to_dict())
+    seed: Optional[int] = None  # train.seed of a training run; None for the reference
 
     @property
     def worker_module(self) -> str:
@@ -72,7 +76,8 @@ class SweepPlan:
     tokens_per_step: int
     additional_language: str
     languages: tuple[str, ...]
-    runs: tuple[PlannedRun, ...]  # the reference first, then the grid by LR, then ALMR
+    runs: tuple[PlannedRun, ...]  # the reference first, then the grid by LR, then ALMR, then seed
+    seeds: tuple[int, ...] = ()  # train.seed of each replicate; the first is the recipe's
 
     @property
     def tokens(self) -> int:
@@ -90,13 +95,14 @@ class SweepPlan:
                 "lrs": list(self.lrs), "steps": self.steps,
                 "tokens_per_step": self.tokens_per_step, "tokens": self.tokens,
                 "additional_language": self.additional_language,
-                "languages": list(self.languages),
-                "runs": [{"name": r.name, "kind": r.kind, "almr": r.almr, "lr": r.lr}
-                         for r in self.runs]}
+                "languages": list(self.languages), "seeds": list(self.seeds),
+                "runs": [{"name": r.name, "kind": r.kind, "almr": r.almr, "lr": r.lr,
+                          "seed": r.seed} for r in self.runs]}
 
 
-def run_name(almr: float, lr: float) -> str:
-    return f"almr{almr:g}_lr{lr:g}"
+def run_name(almr: float, lr: float, seed: Optional[int] = None) -> str:
+    """``almr0.3_lr0.003``; a replicate with another seed than the recipe's: ``..._seed1235``."""
+    return f"almr{almr:g}_lr{lr:g}" + ("" if seed is None else f"_seed{seed}")
 
 
 def _check_values(values: Sequence[float], option: str, valid, expected: str) -> tuple:
@@ -122,11 +128,12 @@ def require_initial_weights(checkpoint: CheckpointConfig) -> None:
 
 
 def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_dir: str,
-              tokens: Optional[int] = None, recipe_source: str = "") -> SweepPlan:
-    """Resolve and validate the recipe of every point (nothing is written).
+              tokens: Optional[int] = None, recipe_source: str = "", seeds: int = 1) -> SweepPlan:
+    """Resolve and validate the recipe of every run (nothing is written).
 
     ``base``: the recipe tree with the user's overrides applied; ``tokens``: the training tokens
-    of every run (rounded up to whole steps), default ``train.steps`` of the recipe.
+    of every run (rounded up to whole steps), default ``train.steps`` of the recipe; ``seeds``:
+    runs per point, each with its own ``train.seed``.
     """
     recipe = recipe_from_dict(copy.deepcopy(base)).validate()
     mixture = recipe.data.mixture
@@ -139,6 +146,8 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
                           "directory; leave checkpoint.dir unset (override: checkpoint.dir=null)")
     if recipe.train.stop_at_step is not None:
         raise ConfigError("train.stop_at_step: every sweep run trains to train.steps; remove it")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds: runs per grid point, a whole number >= 1, got {seeds}")
     almrs = _check_values(almrs, "--almr", lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
     lrs = _check_values(lrs, "--lr", lambda v: v > 0, "positive")
     tokens_per_step = recipe.train.global_batch_size * recipe.train.seq_length
@@ -158,38 +167,46 @@ def plan_runs(base: dict, almrs: Sequence[float], lrs: Sequence[float], sweep_di
                           f"train.steps {steps} so that the last step's accuracy is recorded")
 
     optim = recipe.optim
+    first_seed = recipe.train.seed
+    valid_seed = first_seed if recipe.data.valid_seed is None else recipe.data.valid_seed
+    replicate_seeds = tuple(first_seed + i for i in range(seeds))
 
-    def resolve(name: str, kind: str, almr: float, lr: float) -> PlannedRun:
+    def resolve(kind: str, almr: float, lr: float, seed: int) -> PlannedRun:
+        name = REFERENCE if kind == "reference" else run_name(
+            almr, lr, None if seed == first_seed else seed)
         tree = copy.deepcopy(base)
         # The ratio to optim.lr, never above lr itself (rounding would break min_lr == lr).
-        for key, value in (("data.mixture.almr", almr), ("optim.lr", lr),
-                           ("optim.min_lr", min(lr, optim.min_lr / optim.lr * lr)),
-                           ("optim.schedule.init_lr",
-                            min(lr, optim.schedule.init_lr / optim.lr * lr)),
-                           ("train.steps", steps),
-                           ("logging.run_dir", str(Path(sweep_dir) / name))):
+        changes = [("data.mixture.almr", almr), ("optim.lr", lr),
+                   ("optim.min_lr", min(lr, optim.min_lr / optim.lr * lr)),
+                   ("optim.schedule.init_lr", min(lr, optim.schedule.init_lr / optim.lr * lr)),
+                   ("train.steps", steps), ("logging.run_dir", str(Path(sweep_dir) / name))]
+        if seed != first_seed:  # another order of training samples, the same validation batches
+            changes += [("train.seed", seed), ("data.valid_seed", valid_seed)]
+        for key, value in changes:
             set_dotted(tree, key, value)
         try:
             resolved = recipe_from_dict(tree).validate()
         except ConfigError as exc:
             raise ConfigError(f"{exc} (sweep run {name})") from None
-        return PlannedRun(name=name, kind=kind, almr=None if kind == "reference" else almr,
-                          lr=None if kind == "reference" else lr, recipe=resolved.to_dict())
+        reference = kind == "reference"
+        return PlannedRun(name=name, kind=kind, almr=None if reference else almr,
+                          lr=None if reference else lr, recipe=resolved.to_dict(),
+                          seed=None if reference else seed)
 
-    runs = [resolve(REFERENCE, "reference", mixture.almr, optim.lr)]
-    runs += [resolve(run_name(a, lr), "train", a, lr) for lr in lrs for a in almrs]
+    runs = [resolve("reference", mixture.almr, optim.lr, first_seed)]
+    runs += [resolve("train", a, lr, seed) for lr in lrs for a in almrs for seed in replicate_seeds]
     languages = tuple(dict.fromkeys(s.language for s in mixture.sources))
     return SweepPlan(sweep_dir=str(sweep_dir), recipe_source=recipe_source, almrs=almrs, lrs=lrs,
                      steps=steps, tokens_per_step=tokens_per_step,
                      additional_language=mixture.additional_language, languages=languages,
-                     runs=tuple(runs))
+                     runs=tuple(runs), seeds=replicate_seeds)
 
 
 def _recipe_text(run: PlannedRun) -> str:
     return yaml.safe_dump(run.recipe, sort_keys=False)
 
 
-GROWING = ("almrs", "lrs", "runs")  # a rerun may add to these, never drop from them
+GROWING = ("almrs", "lrs", "seeds", "runs")  # a rerun may add to these, never drop from them
 
 
 def write_plan(plan: SweepPlan) -> None:
@@ -207,8 +224,8 @@ def write_plan(plan: SweepPlan) -> None:
         dropped = [k for k in GROWING if any(v not in planned[k] for v in existing.get(k, []))]
         if fixed or dropped:
             raise UserError(f"{manifest_path}: holds a different sweep ({', '.join(fixed + dropped)}"
-                            f" differ; a rerun may only add ALMRs or learning rates); use a new "
-                            f"sweep directory")
+                            f" differ; a rerun may only add ALMRs, learning rates or seeds); use a "
+                            f"new sweep directory")
     for run in plan.runs:
         path = plan.run_dir(run) / RECIPE
         if path.is_file() and path.read_text() != _recipe_text(run):
@@ -241,13 +258,17 @@ def read_plan(sweep_dir: str | Path) -> SweepPlan:
         recipe_path = sweep_dir / entry["name"] / RECIPE
         if not recipe_path.is_file():
             raise UserError(f"{recipe_path}: missing (the sweep directory is incomplete)")
+        recipe = yaml.safe_load(recipe_path.read_text())
+        # Sweeps written before seed replicates: one run per point, the recipe's seed.
+        seed = entry.get("seed", recipe["train"]["seed"] if entry["kind"] == "train" else None)
         runs.append(PlannedRun(name=entry["name"], kind=entry["kind"], almr=entry["almr"],
-                               lr=entry["lr"], recipe=yaml.safe_load(recipe_path.read_text())))
+                               lr=entry["lr"], recipe=recipe, seed=seed))
+    seeds = manifest.get("seeds") or sorted({r.seed for r in runs if r.seed is not None})
     return SweepPlan(sweep_dir=str(sweep_dir), recipe_source=manifest["recipe"],
                      almrs=tuple(manifest["almrs"]), lrs=tuple(manifest["lrs"]),
                      steps=manifest["steps"], tokens_per_step=manifest["tokens_per_step"],
                      additional_language=manifest["additional_language"],
-                     languages=tuple(manifest["languages"]), runs=tuple(runs))
+                     languages=tuple(manifest["languages"]), runs=tuple(runs), seeds=tuple(seeds))
 
 
 @dataclass(frozen=True)

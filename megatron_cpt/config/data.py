@@ -184,6 +184,10 @@ class DataConfig:
     # sets come from the valid part; the test part is held out and never read.
     split: str = "98,1,1"
     cache_dir: Optional[str] = None
+    # Seed of the validation sets' sample order (default train.seed, which also orders the training
+    # samples). The ALMR sweep's seed replicates vary train.seed and keep this one, so that every
+    # run evaluates the same validation batches. Not with data.chat (its split follows train.seed).
+    valid_seed: Optional[int] = None
     # Log a hash of each step's global batch (metrics.jsonl batch_digest) to compare runs and
     # resumes; re-reads the batch on one rank (about 0.2 s for 256 x 8192 tokens on a CPU core).
     batch_digest: bool = True
@@ -194,6 +198,9 @@ class DataConfig:
                 raise ConfigError("data.chat: give either data.chat, data.mixture or data.paths, "
                                   "not several")
             self.chat.validate()
+            if self.valid_seed is not None:
+                raise ConfigError("data.valid_seed: not with data.chat, whose validation "
+                                  "conversations are drawn with train.seed; remove it")
             return
         if self.mixture is not None:
             if self.paths or self.weights is not None:

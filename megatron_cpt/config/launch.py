@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 from megatron_cpt.errors import ConfigError
 
@@ -21,6 +21,12 @@ class LaunchConfig:
     # Slurm: a start that crashed or was killed is requeued when it left a newer whole checkpoint;
     # one without is retried until this many starts in a row have made no progress.
     max_starts_without_progress: int = 3
+    # Intra-op CPU threads of each rank (torch.set_num_threads, exported as OMP_NUM_THREADS). On
+    # CPU ranks they are part of the floating-point path (a kernel splits its sums by thread), so
+    # a run repeats bit for bit only with the same count. None: the node's CPUs divided by
+    # procs_per_node (at least 1), resolved where the ranks start. Each start records the count
+    # (progress.jsonl, layout.json); the shell's OMP_NUM_THREADS does not change it.
+    cpu_threads: Optional[int] = None
 
     @property
     def world_size(self) -> int:
@@ -37,3 +43,5 @@ class LaunchConfig:
         if self.max_starts_without_progress < 1:
             raise ConfigError(f"launch.max_starts_without_progress: must be >= 1, got "
                               f"{self.max_starts_without_progress}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError(f"launch.cpu_threads: must be >= 1 (or unset), got {self.cpu_threads}")

@@ -44,11 +44,12 @@ class TrainingData:
 
 
 def gpt_dataset_config(data: DataConfig, train: TrainConfig, vocab_size: int, blend,
-                       cache_dir: Optional[str], with_validation: bool):
+                       cache_dir: Optional[str], with_validation: bool, seed: Optional[int] = None):
+    """``seed``: of the samples' order, default ``train.seed``."""
     from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
 
     config = GPTDatasetConfig(
-        random_seed=train.seed,
+        random_seed=train.seed if seed is None else seed,
         sequence_length=train.seq_length,
         blend=blend,
         split=data.split,
@@ -96,17 +97,27 @@ def build_training_data(data: DataConfig, train: TrainConfig, vocab_size: int,
         plan = plan or resolve_training_data(data, train, vocab_size, with_validation)
         return build_chat_training_data(data, train, num_valid_samples, plan)
     plan = plan or resolve_mixture(data, train, vocab_size, with_validation)
-    config = gpt_dataset_config(data, train, vocab_size, plan.blend(), data.cache_dir or cache_dir,
-                                with_validation)
+    cache = data.cache_dir or cache_dir
+    config = gpt_dataset_config(data, train, vocab_size, plan.blend(), cache, with_validation)
+    valid_config = config
+    if with_validation and data.valid_seed not in (None, train.seed):
+        # Validation in its own order: the two parts are built apart, each with its seed.
+        valid_config = gpt_dataset_config(data, train, vocab_size, plan.blend(), cache, True,
+                                          seed=data.valid_seed)
+        valid_config.split_matrix = [None, config.split_matrix[1], None]
+        config.split_matrix = [config.split_matrix[0], None, None]
     # Sizes must be numbers for a weighted blend; 0 for the parts that are not built.
     sizes = [num_train_samples, num_valid_samples, 0]
     train_ds, valid_ds, _ = BlendedMegatronDatasetBuilder(
         GPTDataset, sizes, lambda: True, config).build()
+    if valid_config is not config:
+        _, valid_ds, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [0, num_valid_samples, 0], lambda: True, valid_config).build()
     result = TrainingData(plan=plan, train=train_ds, valid=valid_ds)
     if with_validation:
         for source in plan.sources:
             result.valid_by_source[source.name] = build_source_validation_set(
-                source.prefix, config, num_valid_samples)
+                source.prefix, valid_config, num_valid_samples)
     return result
 
 

@@ -1,5 +1,6 @@
 """Process groups, seeds, and the wrapping of a model into DDP + optimizer, in a fixed order.
 
+0. ``set_cpu_threads``: the rank's intra-op thread count (part of the CPU floating-point path).
 1. ``initialize_parallel``: the default process group (NCCL on CUDA, gloo on the CPU, where
    ``cpu_emulation`` is activated first), then megatron-core's TP/PP/VPP/CP/DP groups, then seeds.
 2. ``build_model`` (``megatron_cpt.model``) builds this rank's chunks.
@@ -18,6 +19,7 @@ import os
 
 import torch
 
+from megatron_cpt.config.launch import LaunchConfig
 from megatron_cpt.config.optim import OptimConfig
 from megatron_cpt.config.parallel import ParallelConfig
 from megatron_cpt.runtime import cpu_emulation
@@ -33,6 +35,18 @@ GPU_BUCKET_ELEMENTS = 40_000_000
 
 def on_cuda() -> bool:
     return torch.cuda.is_available()
+
+
+def set_cpu_threads(launch: LaunchConfig) -> int:
+    """This rank's intra-op threads, set explicitly: ``launch.cpu_threads``, else what its launcher
+    exported (``OMP_NUM_THREADS``: ``megatron-cpt train`` and the batch script export the same
+    rule), else the node's CPUs shared by its ranks. Returned for the run's records."""
+    from megatron_cpt.launch.environment import resolve_cpu_threads
+
+    threads = launch.cpu_threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or \
+        resolve_cpu_threads(launch)
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def initialize_parallel(parallel: ParallelConfig, seed: int, timeout_minutes: int = 30) -> None:

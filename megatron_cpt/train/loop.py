@@ -178,7 +178,8 @@ def run_training(recipe: Recipe, stops: StopRequests) -> TrainOutcome:
     state = build_state(recipe)
     run_dir = recipe.logging.run_dir
     if is_logging_rank():
-        run_files.record_start(run_dir, state.progress.step, state.final_step)
+        run_files.record_start(run_dir, state.progress.step, state.final_step,
+                               cpu_threads=state.cpu_threads)
     reason = StopReason.FINISHED if state.progress.step >= state.final_step else StopReason.NONE
     ended = "failed"
     try:

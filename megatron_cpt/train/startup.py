@@ -42,7 +42,7 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
     """Check, then run ``this_rank()`` inside a distributed job, else ``python -m worker
     worker_args`` on the local ranks. ``several_nodes``: what to do instead when
     ``launch.nodes`` > 1; ``run_dir``: a training run's (its exit status comes from there)."""
-    from megatron_cpt.launch.environment import job_environment
+    from megatron_cpt.launch.environment import job_environment, resolve_cpu_threads
     from megatron_cpt.launch.local import SHUTDOWN_TIMEOUT_S, inside_distributed_job, run_local
     from megatron_cpt.model.backend import check_fp8_recipe_for_te, resolve_attention_backend
 
@@ -56,9 +56,11 @@ def start_ranks(recipe: Recipe, worker: str, worker_args: list[str], this_rank: 
         raise UserError(f"launch.nodes: {recipe.launch.nodes} nodes cannot start from one shell; "
                         f"{several_nodes}")
     # The ranks get the environment of a Slurm job's ranks (launch/environment.py); a variable
-    # already set in this shell keeps its value.
-    env = {name: value for name, value in job_environment(recipe, SHUTDOWN_TIMEOUT_S).items()
+    # already set in this shell keeps its value, except the thread count: the recipe's.
+    threads = str(resolve_cpu_threads(recipe.launch))
+    env = {name: value for name, value in job_environment(recipe, SHUTDOWN_TIMEOUT_S, threads).items()
            if name not in os.environ}
+    env["OMP_NUM_THREADS"] = threads
     if recipe.launch.accelerator == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU ranks, also on a GPU machine (forked: rank_processes)
     return run_local(worker, worker_args, recipe.launch.procs_per_node, run_dir=run_dir, env=env)

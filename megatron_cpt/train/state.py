@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 import torch.distributed as dist
 
 from megatron_cpt.config.recipe import Recipe
@@ -59,6 +60,7 @@ class TrainState:
     checkpoint_writes: object = None
     # eval.interval: benchmark accuracy (megatron_cpt.eval.in_training.TrainingBenchmarks).
     benchmarks: object = None
+    cpu_threads: int = 0  # this rank's intra-op threads (runtime.parallel.set_cpu_threads)
 
     @property
     def final_step(self) -> int:
@@ -87,7 +89,8 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.eval.in_training import TrainingBenchmarks
     from megatron_cpt.model.build import build_model, describe_layout
     from megatron_cpt.profile.throughput import ThroughputMeter
-    from megatron_cpt.runtime.parallel import build_optimizer, initialize_parallel, wrap_with_ddp
+    from megatron_cpt.runtime.parallel import (build_optimizer, initialize_parallel,
+                                               set_cpu_threads, wrap_with_ddp)
     from megatron_cpt.checkpointing.run_checkpoints import (find_resume_checkpoint,
                                                             remove_partial_writes)
     from megatron_cpt.checkpointing.start_checks import check_model_matches
@@ -96,7 +99,8 @@ def build_state(cfg: Recipe) -> TrainState:
     from megatron_cpt.train.schedule import build_scheduler
 
     cfg = with_planned_steps(cfg)  # data.chat.epochs -> train.steps, from the packed data
-    # 1. Process groups and seeds.
+    # 1. Thread count, process groups and seeds.
+    cpu_threads = set_cpu_threads(cfg.launch)
     initialize_parallel(cfg.parallel, cfg.train.seed, timeout_minutes=cfg.launch.dist_timeout_minutes)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
@@ -140,7 +144,9 @@ def build_state(cfg: Recipe) -> TrainState:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / data.plan.file_name).write_text(json.dumps(data.plan.to_dict(), indent=2))
         # What really runs (read from the built model), for the record and for tests.
-        layout = describe_layout(chunks)
+        # The CPU kernels' instruction set and thread count: the rest of a CPU run's arithmetic.
+        layout = {**describe_layout(chunks), "cpu_threads": cpu_threads,
+                  "cpu_capability": torch.backends.cpu.get_cpu_capability()}
         (run_dir / "layout.json").write_text(json.dumps(layout, indent=2))
         log("layout: " + " ".join(f"{k}={v}" for k, v in layout.items()))
         # The time-limit stop reserves the longest save seen so far, across starts.
@@ -163,4 +169,4 @@ def build_state(cfg: Recipe) -> TrainState:
         throughput=throughput, longest_save_s=longest_save_s,
         last_saved=resume_from, saved_step=progress.step if resume_from is not None else None,
         checkpoint_writes=AsyncCallsQueue() if cfg.checkpoint.async_save else None,
-        benchmarks=benchmarks)
+        benchmarks=benchmarks, cpu_threads=cpu_threads)

@@ -58,9 +58,11 @@ def test_status_lists_every_run(sweep_dir):
     proc = _cli("status", str(sweep_dir))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].endswith("4 ALMR x 2 LR, 10 steps x 1,024 tokens = 10,240 tokens per run")
+    assert lines[0].endswith("4 ALMR x 2 LR x 1 seed(s) (1234), 10 steps x 1,024 tokens = "
+                             "10,240 tokens per run")
     assert lines[-1] == "done 9 (of 9)"
-    assert any(line.split()[:4] == ["almr0.33_lr0.003", "0.33", "0.003", "done"] for line in lines)
+    assert any(line.split()[:5] == ["almr0.33_lr0.003", "0.33", "0.003", "1234", "done"]
+               for line in lines)
 
 
 def test_fit_writes_json_and_plots(sweep_dir, tmp_path):
@@ -137,3 +139,25 @@ def test_sweep_checks_data_and_initial_weights_once_before_writing(tmp_path, cap
     assert sweep_error(f"checkpoint.pretrained={init}").startswith(
         f"megatron-cpt almr: error: data.mixture.sources[1].prefix: '{tmp_path}/en_a.bin' does "
         f"not exist")
+
+
+def test_parallel_local_runs_may_not_share_a_data_cache(tmp_path, capsys):
+    from megatron_cpt.cli import main
+
+    mixture = write_two_language_mixture(tmp_path)
+    recipe = REPO / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
+    init = write_checkpoint_stub(tmp_path / "init", load_recipe(recipe).model)
+    sweep = tmp_path / "sweep"
+    args = ["almr", "sweep", str(recipe), *mixture_overrides(mixture, [
+        "train.eval_interval=10", "data.split=80,20,0", f"checkpoint.pretrained={init}",
+        f"data.cache_dir={tmp_path}/cache"]), "--almr", "0.1,0.3,0.5", "--lr", "1e-3,3e-3",
+        "--seeds", "2", "--tokens", "10240", "--out", str(sweep), "--parallel", "2"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"megatron-cpt almr: error: data.cache_dir: {tmp_path}/cache would be written by 2 runs "
+        f"at once (--parallel); leave it unset, so that each run keeps its cache in its run "
+        f"directory")
+    assert main([*args, "--slurm", "--partition", "cpu", "--time", "01:00:00"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "megatron-cpt almr: error: --parallel: only with --local (Slurm: --max-parallel)")
+    assert not sweep.exists()

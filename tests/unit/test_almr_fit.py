@@ -114,11 +114,11 @@ def test_the_fit_is_deterministic_and_recommends_at_a_target_lr():
     rec = first.recommendation
     assert rec.extrapolated and rec.lr == 3e-6
     assert abs(rec.almr - log_linear(3e-6)) < 0.03
-    assert 0 < rec.high - rec.almr < 0.05 and rec.almr - rec.low == pytest.approx(rec.high - rec.almr)
+    assert rec.low < rec.almr < rec.high and rec.high - rec.low < 0.1
     inside = fit(results, OBJECTIVES["weighted"], target_lr=3e-4).recommendation
     assert not inside.extrapolated and abs(inside.almr - log_linear(3e-4)) < 0.02
     text = format_fit(first)
-    assert "recommended: ALMR" in text and "EXTRAPOLATED" in text and "+- " in text
+    assert "recommended: ALMR" in text and "EXTRAPOLATED" in text and "(95%: " in text
 
 
 @pytest.mark.parametrize("target_lr, clipped", [(1e-12, 0.0), (100.0, 1.0)])
@@ -135,7 +135,7 @@ def test_a_recommendation_outside_0_1_is_clipped_with_a_warning(target_lr, clipp
     assert given, warning
     assert float(given[1]) == pytest.approx(log_linear(target_lr), abs=0.1)
     assert float(given[2]) == target_lr and float(given[3]) == clipped
-    assert f"recommended: ALMR {clipped:.3f} (1 sd: " in format_fit(result)
+    assert f"recommended: ALMR {clipped:.3f} (95%: " in format_fit(result)
 
 
 def test_two_learning_rates_use_the_log_linear_relation():

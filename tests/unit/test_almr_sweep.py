@@ -113,14 +113,18 @@ def test_written_recipes_load_back_and_a_different_rerun_is_refused(tmp_path):
     assert read_plan(plan.sweep_dir) == plan
     other = plan_runs(_base(), [0.1, 0.2, 0.33], LRS, plan.sweep_dir, tokens=50 * 1024)
     with pytest.raises(UserError, match=r"sweep.json: holds a different sweep \(almrs, runs differ; "
-                                        r"a rerun may only add ALMRs or learning rates\)"):
+                                        r"a rerun may only add ALMRs, learning rates or seeds\)"):
         write_plan(other)
     longer = plan_runs(_base(), ALMRS, LRS, plan.sweep_dir, tokens=60 * 1024)
     with pytest.raises(UserError, match=r"holds a different sweep \(steps, tokens differ; "):
         write_plan(longer)
-    changed = plan_runs(_base("train.seed=7"), ALMRS, LRS, plan.sweep_dir, tokens=50 * 1024)
+    changed = plan_runs(_base("optim.adam_beta2=0.99"), ALMRS, LRS, plan.sweep_dir,
+                        tokens=50 * 1024)
     with pytest.raises(UserError, match=r"reference/recipe.yaml: differs from the recipe"):
         write_plan(changed)
+    reseeded = plan_runs(_base("train.seed=7"), ALMRS, LRS, plan.sweep_dir, tokens=50 * 1024)
+    with pytest.raises(UserError, match=r"holds a different sweep \(seeds, runs differ; "):
+        write_plan(reseeded)
     with pytest.raises(UserError, match=r"^\S+/nowhere: not a sweep directory \(no sweep.json"):
         read_plan(tmp_path / "nowhere")
 
@@ -245,3 +249,64 @@ def test_a_diverged_run_is_not_rerun_and_is_left_out_of_the_fit(tmp_path):
     assert [o.almr for o in result.optima] == [pytest.approx(0.2, abs=0.01),
                                                pytest.approx(0.3, abs=0.01)]
     assert result.replicates == 20 and all(o.std is not None for o in result.optima)
+
+
+def test_seed_replicates_differ_only_in_the_training_seed(tmp_path):
+    plan = _plan(tmp_path, seeds=3)
+    assert plan.seeds == (1234, 1235, 1236)
+    point = [r for r in plan.runs if r.almr == 0.33 and r.lr == 1e-3]
+    assert [(r.name, r.seed) for r in point] == [
+        ("almr0.33_lr0.001", 1234), ("almr0.33_lr0.001_seed1235", 1235),
+        ("almr0.33_lr0.001_seed1236", 1236)]
+    assert len(plan.runs) == 1 + 3 * 2 * 3
+    first = _flatten(point[0].recipe)
+    assert first["data.valid_seed"] is None  # the recipe's seed: the run of a 1-seed sweep
+    assert point[0].recipe == _plan(tmp_path).runs[LRS[::-1].index(1e-3) * 3 + 2].recipe
+    for run in point[1:]:
+        flat = _flatten(run.recipe)
+        assert flat["train.seed"] == run.seed and flat["data.valid_seed"] == 1234
+        assert {k for k in flat if flat[k] != first[k]} == {"train.seed", "data.valid_seed",
+                                                             "logging.run_dir"}
+    with pytest.raises(UserError, match=r"^--seeds: runs per grid point, a whole number >= 1, "
+                                        r"got 0$"):
+        _plan(tmp_path, seeds=0)
+
+
+def test_more_seeds_keep_the_finished_runs(tmp_path):
+    plan = _plan(tmp_path, tokens=10 * 1024)
+    run_sweep(plan, RecordingLauncher())
+    more = _plan(tmp_path, tokens=10 * 1024, seeds=2)
+    launcher = RecordingLauncher()
+    run_sweep(more, launcher)
+    assert launcher.launched == [r.name for r in more.runs if r.seed == 1235]
+    assert read_plan(plan.sweep_dir) == more
+    results = collect(plan.sweep_dir)
+    assert sorted({r.seed for r in results.runs}) == [1234, 1235]
+    with pytest.raises(UserError, match=r"holds a different sweep \(seeds, runs differ; "):
+        write_plan(plan)
+
+
+def test_replicates_train_on_other_samples_and_validate_on_the_same(tmp_path):
+    from megatron_cpt.data.datasets import build_training_data
+    from megatron_cpt.data.inspect_mix import single_process_group
+    from mixture_fixtures import mixture_overrides, write_two_language_mixture
+
+    mixture = write_two_language_mixture(tmp_path)
+    recipe = REPO / "examples" / "llama3_tiny_cpt_2xcpu.yaml"
+
+    def samples(*overrides):
+        cfg = load_recipe(recipe, mixture_overrides(mixture, ["data.split=80,20,0",
+                                                              "train.seq_length=32", *overrides]))
+        with single_process_group(str(tmp_path)):
+            data = build_training_data(cfg.data, cfg.train, cfg.model.vocab_size, 16, 8,
+                                       cache_dir=str(tmp_path / "cache"))
+            tokens = lambda ds: [ds[i]["tokens"].tolist() for i in range(8)]  # noqa: E731
+            return (tokens(data.train), tokens(data.valid),
+                    {name: tokens(ds) for name, ds in data.valid_by_source.items()})
+
+    train, valid, by_source = samples()
+    other_train, other_valid, other_by_source = samples("train.seed=1235", "data.valid_seed=1234")
+    assert other_train != train
+    assert (other_valid, other_by_source) == (valid, by_source)
+    unpinned = samples("train.seed=1235")
+    assert unpinned[2] != by_source  # without data.valid_seed the seed moves validation too

@@ -10,7 +10,8 @@ import pytest
 from megatron_cpt.cli import main
 from megatron_cpt.config import ConfigError, load_recipe
 from megatron_cpt.launch.allocation import fit_to_allocation
-from megatron_cpt.launch.environment import adopt_slurm_rank_environment, job_environment
+from megatron_cpt.launch.environment import (adopt_slurm_rank_environment, job_environment,
+                                              slurm_cpu_threads)
 from megatron_cpt.launch.example_scripts import EXAMPLES, example_path, render_example
 from megatron_cpt.launch.slurm import SlurmJob, render_sbatch, signal_lead_seconds
 from megatron_cpt.errors import UserError
@@ -50,7 +51,7 @@ def test_per_gpu_tasks_in_a_container(tmp_path):
                    tasks="per-gpu")
     text = render_sbatch(recipe, "/runs/x/job.recipe.yaml", job, source="x.yaml")
     assert_shellcheck_clean(text, tmp_path)
-    names = list(job_environment(recipe, job.signal_lead_s))
+    names = list(job_environment(recipe, job.signal_lead_s, slurm_cpu_threads(recipe.launch)))
     assert "CUDA_DEVICE_MAX_CONNECTIONS" not in names  # TP 1, CP 1
     assert f"--container-env={','.join(names)}" in text
     assert "--container-image=nvcr.io#nvidia/pytorch:25.09-py3" in text
