@@ -44,12 +44,16 @@ def overrides(byte_data):
         "checkpoint.save_at_end=false", "data.batch_digest=false"]
 
 
-def _free_job_id() -> int:
-    """A job id whose rendezvous port (20000 + id % 10000, as the script computes it) is free."""
+def _free_job_id(script: str) -> int:
+    """A job id whose rendezvous port, as the script computes it for a first start, is free."""
+    line = next(line for line in script.splitlines() if line.startswith("RDZV_PORT="))
     for job_id in range(4700, 14700, 97):
+        port = subprocess.run(["bash", "-c", f'RESTART=0 SLURM_JOB_ID={job_id}; {line}; '
+                                             f'echo "$RDZV_PORT"'],
+                              capture_output=True, text=True, check=True).stdout
         with socket.socket() as sock:
             try:
-                sock.bind(("127.0.0.1", 20000 + job_id % 10000))
+                sock.bind(("127.0.0.1", int(port)))
             except OSError:
                 continue
             return job_id
@@ -70,7 +74,8 @@ def _run_batch_script(overrides: list[str], run_dir: Path, tasks: str, tmp_path:
     for name in ("srun", "scontrol"):
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OMP_NUM_THREADS": "7",
-           "SLURM_JOB_ID": str(_free_job_id()), "SLURM_JOB_NODELIST": "localhost",
+           "SLURM_JOB_ID": str(_free_job_id((run_dir / "job.sbatch").read_text())),
+           "SLURM_JOB_NODELIST": "localhost",
            "SLURM_JOB_NUM_NODES": "1", "SLURM_CPUS_ON_NODE": str(len(os.sched_getaffinity(0)))}
     proc = subprocess.run(["bash", str(run_dir / "job.sbatch")], env=env, capture_output=True,
                           text=True, timeout=600)
