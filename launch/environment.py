@@ -27,7 +27,12 @@ def resolve_cpu_threads(launch: LaunchConfig, cpus: int | None = None) -> int:
     default this process's) shared by its ``procs_per_node`` ranks, at least 1."""
     if launch.cpu_threads is not None:
         return launch.cpu_threads
-    return max(1, (usable_cpus() if cpus is None else cpus) // launch.procs_per_node)
+    return cpus_per_rank(launch.procs_per_node, cpus)
+
+
+def cpus_per_rank(ranks: int, cpus: int | None = None) -> int:
+    """The node's CPUs (``cpus``, default this process's) shared by its ``ranks``, at least 1."""
+    return max(1, (usable_cpus() if cpus is None else cpus) // ranks)
 
 
 def slurm_cpu_threads(launch: LaunchConfig) -> str:

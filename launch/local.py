@@ -71,6 +71,7 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
     """
     from megatron_cpt.run_files import read_starts
 
+    from megatron_cpt.launch.environment import cpus_per_rank
     from megatron_cpt.launch.rank_processes import (ForkedRanks, StopSignal, TorchrunRanks,
                                                     ranks_see_no_gpu)
 
@@ -80,8 +81,9 @@ def run_local(module: str, args: list[str], nprocs: int, run_dir: str | Path | N
         with tempfile.TemporaryDirectory(prefix="megatron-cpt-") as tmp:
             reports = Path(tmp)
             child_env = {**os.environ, **(env or {}), REPORT_DIR_ENV: str(reports)}
-            # torchrun sets OMP_NUM_THREADS=1 per rank unless told otherwise: keep the cores busy.
-            child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
+            # torchrun sets OMP_NUM_THREADS=1 per rank unless told otherwise: keep the cores busy
+            # (training passes its recipe's launch.cpu_threads; other verbs take the same rule).
+            child_env.setdefault("OMP_NUM_THREADS", str(cpus_per_rank(nprocs)))
             child_env.setdefault("PYTHONUNBUFFERED", "1")
             child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
             starts_before = len(read_starts(run_dir)) if run_dir else 0
